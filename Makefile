@@ -1,0 +1,52 @@
+# OpsLedger: `make up` runs the platform, `make test` runs every check. See README.md.
+SHELL := /bin/bash
+PY := .venv/bin/python
+SERVICES := intake triage assignment sla resolution reporting
+
+.PHONY: help venv up down test unit lint format typecheck bench catalog rebuild-reporting clean
+
+help:
+	@echo "make up | down | test | unit | lint | format | typecheck | bench | catalog | rebuild-reporting | clean"
+
+# The virtualenv is rebuilt when the pins or any package's metadata change.
+.venv/.installed: requirements.txt shared/pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproject.toml)
+	@command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e shared $(foreach s,$(SERVICES),-e services/$(s))
+	touch $@
+
+venv: .venv/.installed
+
+up: venv
+	deploy/local/up.sh
+
+down:
+	deploy/local/down.sh
+
+test: venv
+	deploy/local/test.sh
+
+# Fast feedback: unit tests only (no Kafka, no PostgreSQL).
+unit: venv
+	.venv/bin/pytest -q -m "not integration"
+
+lint: venv
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+format: venv
+	.venv/bin/ruff check --fix . && .venv/bin/ruff format .
+
+typecheck: venv
+	.venv/bin/mypy shared/opsledger
+
+# Regenerate the checked-in event catalog after changing an event schema.
+catalog: venv
+	$(PY) -m opsledger.events.catalog --write docs/events/catalog.json
+
+bench: venv
+	deploy/local/bench.sh
+
+clean: down
+	rm -rf .local .venv

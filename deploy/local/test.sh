@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# make test: lint, types, then every test against a real Kafka and PostgreSQL of its own
+# (ports 19092 and 15432, data under .local/test), stopped afterwards if this script started them.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+cd "$REPO"
+TEST_DIR=$STATE_DIR/test
+export PG_PORT=${TEST_PG_PORT:-15432} KAFKA_PORT=${TEST_KAFKA_PORT:-19092}
+export PG_DIR=$TEST_DIR/postgres KAFKA_DIR=$TEST_DIR/kafka
+
+echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check .
+echo "== mypy shared/"; .venv/bin/mypy shared/opsledger
+
+started=()
+cleanup() {
+  for what in "${started[@]}"; do "$REPO/deploy/local/$what.sh" stop || true; done
+}
+trap cleanup EXIT
+deploy/local/postgres.sh status 2>/dev/null || { deploy/local/postgres.sh start; started+=(postgres); }
+deploy/local/kafka.sh status >/dev/null 2>&1 || { deploy/local/kafka.sh start; started+=(kafka); }
+
+export OPSLEDGER_TEST_KAFKA=127.0.0.1:$KAFKA_PORT OPSLEDGER_TEST_POSTGRES=postgresql://opsledger@127.0.0.1:$PG_PORT
+echo "== pytest"
+.venv/bin/pytest -q -p no:randomly --durations=10 "$@"

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# make up: PostgreSQL + Kafka + migrations + the six services, each a separate process, then
+# wait for every /readyz and write the URLs and credentials to $STATE_DIR/opsledger.env.
+# Idempotent: what already runs is left running. Ports: PG_PORT, KAFKA_PORT, <SERVICE>_PORT.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+PG_PORT=${PG_PORT:-5432}
+KAFKA_PORT=${KAFKA_PORT:-9092}
+DB_PREFIX=${OPSLEDGER_DB_PREFIX:-opsledger_}
+TOPIC_PREFIX=${OPSLEDGER_TOPIC_PREFIX:-opsledger}
+READY_TIMEOUT=${OPSLEDGER_READY_TIMEOUT:-120}
+export PG_PORT KAFKA_PORT
+mkdir -p "$STATE_DIR/run" "$STATE_DIR/logs"
+
+# Infrastructure: remember whether we started it, so `make down` stops only what `make up` started.
+if PG_DIR=${PG_DIR:-$STATE_DIR/postgres} "$REPO/deploy/local/postgres.sh" status 2>/dev/null; then
+  echo "postgres: already running on port $PG_PORT"
+else
+  PG_DIR=${PG_DIR:-$STATE_DIR/postgres} "$REPO/deploy/local/postgres.sh" start
+  touch "$STATE_DIR/run/postgres.started"
+fi
+if KAFKA_DIR=${KAFKA_DIR:-$STATE_DIR/kafka} "$REPO/deploy/local/kafka.sh" status >/dev/null 2>&1; then
+  echo "kafka: already running on port $KAFKA_PORT"
+else
+  KAFKA_DIR=${KAFKA_DIR:-$STATE_DIR/kafka} "$REPO/deploy/local/kafka.sh" start
+  touch "$STATE_DIR/run/kafka.started"
+fi
+PG_DIR=${PG_DIR:-$STATE_DIR/postgres} "$REPO/deploy/local/postgres.sh" createdb $(for s in "${SERVICES[@]}"; do echo "$DB_PREFIX$s"; done)
+
+# Credentials are made once and kept, so a second `make up` prints the same ones.
+SECRETS=$STATE_DIR/secrets.env
+if [ ! -f "$SECRETS" ]; then
+  umask 077
+  cat >"$SECRETS" <<SECRETS_EOF
+OPSLEDGER_ADMIN_TOKEN=adm_$("$PY" -c 'import secrets; print(secrets.token_urlsafe(24))')
+OPSLEDGER_ANALYST_TOKEN=ana_$("$PY" -c 'import secrets; print(secrets.token_urlsafe(24))')
+OPSLEDGER_DEMO_INTEGRATION_KEY=olk_$("$PY" -c 'import secrets; print(secrets.token_urlsafe(24))')
+SECRETS_EOF
+fi
+set -a; source "$SECRETS"; set +a
+
+service_env() {  # the environment one service process runs with
+  local s=$1
+  echo OPSLEDGER_SERVICE_NAME="$s" OPSLEDGER_PORT="$(service_port "$s")" OPSLEDGER_HOST=127.0.0.1 \
+    OPSLEDGER_DATABASE_URL="postgresql+asyncpg://opsledger@127.0.0.1:$PG_PORT/$DB_PREFIX$s" \
+    OPSLEDGER_KAFKA_BOOTSTRAP="127.0.0.1:$KAFKA_PORT" OPSLEDGER_TOPIC_PREFIX="$TOPIC_PREFIX" \
+    OPSLEDGER_ADMIN_TOKEN="$OPSLEDGER_ADMIN_TOKEN" OPSLEDGER_ANALYST_TOKEN="$OPSLEDGER_ANALYST_TOKEN" \
+    OPSLEDGER_BOOTSTRAP_INTEGRATION_KEY="$OPSLEDGER_DEMO_INTEGRATION_KEY"
+}
+
+for s in "${SERVICES[@]}"; do
+  env $(service_env "$s") "$PY" -m "$s" migrate
+done
+
+for s in "${SERVICES[@]}"; do
+  pidfile=$STATE_DIR/run/$s.pid
+  if pid_alive "$pidfile"; then echo "$s: already running (pid $(cat "$pidfile"))"; continue; fi
+  # setsid: the service outlives this shell and gets its own process group.
+  env $(service_env "$s") setsid "$PY" -m "$s" >>"$STATE_DIR/logs/$s.log" 2>&1 < /dev/null &
+  echo $! >"$pidfile"
+  echo "$s: started on port $(service_port "$s") (pid $!, log $STATE_DIR/logs/$s.log)"
+done
+
+urls=()
+for s in "${SERVICES[@]}"; do urls+=("http://127.0.0.1:$(service_port "$s")"); done
+if ! "$PY" "$REPO/deploy/local/wait_ready.py" --timeout "$READY_TIMEOUT" "${urls[@]}"; then
+  echo "not every service became ready; logs are in $STATE_DIR/logs/" >&2
+  exit 1
+fi
+
+ENV_FILE=$STATE_DIR/opsledger.env
+{
+  echo "# Written by make up. Source it: set -a; . $ENV_FILE; set +a"
+  for s in "${SERVICES[@]}"; do echo "OPSLEDGER_${s^^}_URL=http://127.0.0.1:$(service_port "$s")"; done
+  echo "OPSLEDGER_ADMIN_TOKEN=$OPSLEDGER_ADMIN_TOKEN"
+  echo "OPSLEDGER_ANALYST_TOKEN=$OPSLEDGER_ANALYST_TOKEN"
+  echo "OPSLEDGER_DEMO_INTEGRATION_KEY=$OPSLEDGER_DEMO_INTEGRATION_KEY"
+  echo "OPSLEDGER_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT"
+  echo "OPSLEDGER_POSTGRES=postgresql://opsledger@127.0.0.1:$PG_PORT"
+  echo "OPSLEDGER_TOPIC_PREFIX=$TOPIC_PREFIX"
+} >"$ENV_FILE"
+chmod 600 "$ENV_FILE"
+
+echo
+echo "OpsLedger is up. Written to $ENV_FILE:"
+grep -v '^#' "$ENV_FILE" | sed 's/^/  /'
+echo "  API docs: http://127.0.0.1:$(service_port intake)/docs (and likewise on every service)"

@@ -1,0 +1,1 @@
+"""OpsLedger assignment service: teams, assignment, escalation, acknowledgement."""

@@ -1,0 +1,1 @@
+"""OpsLedger resolution service: resolution, closure, reopening, reviews."""

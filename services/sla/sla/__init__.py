@@ -1,0 +1,1 @@
+"""OpsLedger sla service: sla clocks, warnings and breaches."""

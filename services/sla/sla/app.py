@@ -1,0 +1,30 @@
+"""The sla service's FastAPI app."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from opsledger.bus.consumer import ConsumerSpec
+from opsledger.events import Stream
+from opsledger.service import Runtime, create_app
+from sla.handlers import on_incident_event
+from sla.settings import Settings
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def build(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    def consumers(runtime: Runtime) -> Sequence[ConsumerSpec]:
+        return [
+            ConsumerSpec(
+                name="incidents",
+                topics=[settings.topic(Stream.INCIDENTS)],
+                handler=on_incident_event,
+                event_types={"IncidentLogged"},
+            )
+        ]
+
+    return create_app(settings, title="OpsLedger sla", migrations_dir=MIGRATIONS, consumers=consumers)

@@ -1,0 +1,1 @@
+"""OpsLedger common library shared by every service."""

@@ -1,0 +1,1 @@
+"""Kafka bus: topics, producer, transactional outbox + relay, inbox, consumer runner, DLQ."""

@@ -1,0 +1,307 @@
+"""Consumer runner: read a batch, apply it in one DB transaction with its inbox rows, commit the
+Kafka offsets only after that transaction commits. Poison messages go to the dead-letter topic
+with their error and the consumer carries on."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from opsledger import metrics
+from opsledger.bus import inbox
+from opsledger.bus.outbox import Outbox
+from opsledger.events.envelope import Envelope
+from opsledger.events.registry import EventPayload, UnknownEventType, UnsupportedSchemaVersion, registry
+from opsledger.logs import log_context
+from opsledger.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Delivery:
+    """One consumed event with where it stands in the log. `payload` is None for an unknown type
+    or a newer schema version (delivered only to consumers that set accept_unknown)."""
+
+    record: ConsumerRecord
+    envelope: Envelope
+    payload: EventPayload | None
+
+    @property
+    def position(self) -> tuple[str, int, int]:
+        return self.record.topic, self.record.partition, self.record.offset
+
+
+Handler = Callable[[AsyncSession, Envelope, EventPayload | None], Awaitable[None]]
+# A batch handler gets every fresh event of a batch at once (fewer round trips on replay); when
+# the batch fails it is called again with one event at a time to isolate the poison one.
+BatchHandler = Callable[[AsyncSession, list[Delivery]], Awaitable[None]]
+# Positions a consumer applied last, read from its own tables: {(topic, partition): offset}.
+StoredPositions = Callable[[], Awaitable[dict[tuple[str, int], int]]]
+
+
+@dataclass
+class ConsumerSpec:
+    """What a service consumes: a name (its inbox key), the streams' topics, and a handler."""
+
+    name: str
+    topics: list[str]
+    handler: Handler | None = None
+    batch_handler: BatchHandler | None = None
+    event_types: set[str] | None = None  # None: every type; else others are skipped cheaply
+    accept_unknown: bool = False
+    group_id: str | None = None
+    auto_offset_reset: str = "earliest"
+    # When set, the consumer resumes after these positions instead of the group's committed
+    # offsets (a read model that stores its position in the same transaction as its rows).
+    stored_positions: StoredPositions | None = None
+
+    def __post_init__(self) -> None:
+        if (self.handler is None) == (self.batch_handler is None):
+            raise ValueError(f"consumer {self.name}: give exactly one of handler or batch_handler")
+
+    async def apply(self, session: AsyncSession, deliveries: list[Delivery]) -> None:
+        if self.batch_handler is not None:
+            await self.batch_handler(session, deliveries)
+            return
+        assert self.handler is not None
+        for d in deliveries:
+            with log_context(d.envelope):
+                await self.handler(session, d.envelope, d.payload)
+
+
+class _ResumeFromStoredPositions(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: EventConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        spec, consumer = self.owner.spec, self.owner.consumer
+        assert spec.stored_positions is not None and consumer is not None
+        positions = await spec.stored_positions()
+        for tp in assigned:
+            if (tp.topic, tp.partition) in positions:
+                consumer.seek(tp, positions[(tp.topic, tp.partition)] + 1)
+            else:
+                await consumer.seek_to_beginning(tp)
+
+
+@dataclass
+class _Poison:
+    record: ConsumerRecord
+    error: str
+
+
+@dataclass
+class BatchResult:
+    applied: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    deadlettered: list[_Poison] = field(default_factory=list)
+
+
+class EventConsumer:
+    def __init__(
+        self,
+        spec: ConsumerSpec,
+        settings: ServiceSettings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        producer: AIOKafkaProducer,
+        outbox: Outbox | None = None,
+    ) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self.producer = producer  # for the dead-letter topic
+        self.outbox = outbox
+        self.group_id = spec.group_id or f"{settings.group_id}.{spec.name}"
+        self.consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=self.group_id,
+            client_id=f"{self.settings.service_name}-{self.spec.name}",
+            enable_auto_commit=False,
+            auto_offset_reset=self.spec.auto_offset_reset,
+            isolation_level="read_committed",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        await self.consumer.start()
+        listener = _ResumeFromStoredPositions(self) if self.spec.stored_positions else None
+        self.consumer.subscribe(self.spec.topics, listener=listener)
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+            self.consumer = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until `stop` is set; the batch in hand is finished and committed first."""
+        assert self.consumer is not None, "start() first"
+        backoff = 0.2
+        while not stop.is_set():
+            batches = await self.consumer.getmany(timeout_ms=200, max_records=self.settings.consumer_batch_size)
+            records = [r for tp in sorted(batches, key=lambda t: (t.topic, t.partition)) for r in batches[tp]]
+            if not records:
+                continue
+            try:
+                await self.process(records)
+                backoff = 0.2
+            except Exception:
+                # The database (or broker) failed under us: nothing was committed, so rewind to the
+                # batch's first offsets and try again after a bounded wait.
+                log.exception("consumer %s: batch failed; retrying in %.1fs", self.spec.name, backoff)
+                for tp, recs in batches.items():
+                    self.consumer.seek(tp, recs[0].offset)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            self._report_lag(batches)
+
+    async def process(self, records: Sequence[ConsumerRecord]) -> BatchResult:
+        """Apply one batch: DB transaction (state + inbox + outbox), DLQ, then offset commit."""
+        started = time.perf_counter()
+        decoded, result = self._decode(records)
+        try:
+            await self._apply(decoded, result, careful=False)
+        except Exception:
+            # Something in the batch failed: redo it event by event, each in a savepoint, so one
+            # poison event costs only itself.
+            result = BatchResult(deadlettered=result.deadlettered)
+            await self._apply(decoded, result, careful=True)
+        if self.outbox is not None:
+            self.outbox.wake()
+        offsets = {}
+        for r in records:
+            offsets[TopicPartition(r.topic, r.partition)] = r.offset + 1
+        assert self.consumer is not None
+        await self.consumer.commit(offsets)
+        name, service = self.spec.name, self.settings.service_name
+        metrics.EVENTS_CONSUMED.labels(service, name, "applied").inc(result.applied)
+        metrics.EVENTS_CONSUMED.labels(service, name, "duplicate").inc(result.duplicates)
+        metrics.EVENTS_CONSUMED.labels(service, name, "skipped").inc(result.skipped)
+        metrics.HANDLER_LATENCY.labels(service, name).observe(time.perf_counter() - started)
+        return result
+
+    def _decode(self, records: Sequence[ConsumerRecord]) -> tuple[list[Delivery], BatchResult]:
+        result = BatchResult()
+        decoded: list[Delivery] = []
+        for record in records:
+            try:
+                envelope = Envelope.from_bytes(record.value)
+            except Exception as exc:  # not JSON, or not an envelope
+                result.deadlettered.append(_Poison(record, f"malformed envelope: {exc}"))
+                continue
+            if self.spec.event_types is not None and envelope.event_type not in self.spec.event_types:
+                result.skipped += 1
+                continue
+            try:
+                payload: EventPayload | None = registry.decode(envelope)
+            except (UnknownEventType, UnsupportedSchemaVersion) as exc:
+                if not self.spec.accept_unknown:
+                    log.warning("consumer %s: skipping %s: %s", self.spec.name, envelope.event_type, exc)
+                    result.skipped += 1
+                    continue
+                payload = None
+            except Exception as exc:
+                result.deadlettered.append(_Poison(record, f"invalid payload: {exc}"))
+                continue
+            decoded.append(Delivery(record, envelope, payload))
+        return decoded, result
+
+    async def _apply(self, decoded: list[Delivery], result: BatchResult, careful: bool) -> None:
+        async with self.sessionmaker() as session:
+            async with session.begin():
+                fresh = await inbox.claim(session, self.spec.name, [d.envelope.event_id for d in decoded])
+                seen: set[uuid.UUID] = set()
+                todo: list[Delivery] = []
+                for item in decoded:
+                    event_id = item.envelope.event_id
+                    if event_id not in fresh or event_id in seen:
+                        result.duplicates += 1
+                        continue
+                    seen.add(event_id)
+                    todo.append(item)
+                if not careful:
+                    await self.spec.apply(session, todo)
+                    result.applied += len(todo)
+                else:
+                    for item in todo:
+                        if (error := await self._apply_with_retries(session, item)) is None:
+                            result.applied += 1
+                        else:
+                            result.deadlettered.append(_Poison(item.record, error))
+                # Dead letters are on the broker before the transaction (and its inbox rows) commit:
+                # a crash in between re-sends a dead letter, it never drops one.
+                await self._send_dead_letters(result.deadlettered)
+
+    async def _apply_with_retries(self, session: AsyncSession, item: Delivery) -> str | None:
+        """Apply one event in a savepoint, retrying with bounded backoff; the last error or None."""
+        delay, error = 0.05, ""
+        for attempt in range(1, self.settings.handler_max_attempts + 1):
+            try:
+                async with session.begin_nested():
+                    await self.spec.apply(session, [item])
+                return None
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "consumer %s: %s %s failed (attempt %d): %s",
+                    self.spec.name,
+                    item.envelope.event_type,
+                    item.envelope.event_id,
+                    attempt,
+                    error,
+                )
+                if attempt < self.settings.handler_max_attempts:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 4, 2.0)
+        return error
+
+    async def _send_dead_letters(self, poison: list[_Poison]) -> None:
+        if not poison:
+            return
+        futures = []
+        for p in poison:
+            r = p.record
+            headers = [
+                ("error", p.error[:4000].encode()),
+                ("source.topic", r.topic.encode()),
+                ("source.partition", str(r.partition).encode()),
+                ("source.offset", str(r.offset).encode()),
+                ("consumer", self.group_id.encode()),
+            ]
+            futures.append(
+                await self.producer.send(self.settings.deadletter_topic, r.value, key=r.key or b"", headers=headers)
+            )
+            log.error(
+                "consumer %s: dead-lettered %s:%d@%d: %s", self.spec.name, r.topic, r.partition, r.offset, p.error
+            )
+        await asyncio.gather(*futures)
+        metrics.DEADLETTERED.labels(self.settings.service_name, self.spec.name).inc(len(poison))
+        poison.clear()
+
+    def _report_lag(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        assert self.consumer is not None
+        for tp, recs in batches.items():
+            high = self.consumer.highwater(tp)
+            if high is not None and recs:
+                metrics.CONSUMER_LAG.labels(
+                    self.settings.service_name, self.spec.name, tp.topic, str(tp.partition)
+                ).set(max(high - recs[-1].offset - 1, 0))
+
+
+def dead_letter_error(headers: Sequence[tuple[str, bytes]]) -> str | None:
+    """The error recorded on a dead-lettered message (for tools and tests)."""
+    return next((v.decode() for k, v in headers if k == "error"), None)

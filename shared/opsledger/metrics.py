@@ -1,0 +1,32 @@
+"""Prometheus metrics every service exports at /metrics (one process = one service)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+HTTP_REQUESTS = Counter(
+    "opsledger_http_requests_total", "HTTP requests answered", ["service", "method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "opsledger_http_request_seconds",
+    "HTTP request latency",
+    ["service", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+EVENTS_CONSUMED = Counter(
+    "opsledger_events_consumed_total", "Events applied by a consumer", ["service", "consumer", "outcome"]
+)
+EVENTS_PRODUCED = Counter("opsledger_events_produced_total", "Events published by the outbox relay", ["service"])
+CONSUMER_LAG = Gauge(
+    "opsledger_consumer_lag", "Messages behind the end of the partition", ["service", "consumer", "topic", "partition"]
+)
+OUTBOX_BACKLOG = Gauge("opsledger_outbox_backlog", "Outbox rows not yet published", ["service"])
+HANDLER_LATENCY = Histogram(
+    "opsledger_handler_seconds",
+    "Time to apply one consumed batch",
+    ["service", "consumer"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+DEADLETTERED = Counter(
+    "opsledger_deadlettered_total", "Messages sent to the dead-letter topic", ["service", "consumer"]
+)

@@ -1,0 +1,274 @@
+"""The service skeleton every OpsLedger service is built on: FastAPI app + lifespan that connects
+(with bounded retries), migrates, provisions topics, runs the outbox relay and the consumers, and
+serves /healthz, /readyz and /metrics. Shuts down cleanly: the batch in hand finishes first."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from aiokafka import AIOKafkaProducer
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import ORJSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from opsledger import metrics, migrations
+from opsledger.bus.consumer import ConsumerSpec, EventConsumer
+from opsledger.bus.outbox import Outbox, OutboxRelay
+from opsledger.bus.producer import make_producer
+from opsledger.bus.topics import ensure_topics
+from opsledger.clock import Clock
+from opsledger.db import make_engine, make_sessionmaker
+from opsledger.logs import configure_logging
+from opsledger.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Everything a request handler or event handler of a service may need."""
+
+    settings: ServiceSettings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    outbox: Outbox
+    clock: Clock = field(default_factory=Clock)
+    producer: AIOKafkaProducer | None = None
+    ready: bool = False
+    not_ready_reason: str = "starting"
+    extras: dict[str, Any] = field(default_factory=dict)  # service-specific state
+
+
+OnReady = Callable[[Runtime], Awaitable[None]]
+
+
+def runtime_of(request: Request) -> Runtime:
+    """FastAPI dependency: the service's runtime."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+class BodySizeLimit:
+    """Reject bodies over `max_bytes` with 413 before reading them (uvicorn sets no limit)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._too_large(send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            await self._too_large(send)
+
+    async def _too_large(self, send: Send) -> None:
+        body = f'{{"detail":"request body is larger than {self.max_bytes} bytes"}}'.encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _route_template(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", "unmatched")
+
+
+def create_app(
+    settings: ServiceSettings,
+    *,
+    title: str,
+    migrations_dir: Path,
+    routers: Sequence[APIRouter] = (),
+    consumers: Callable[[Runtime], Sequence[ConsumerSpec]] = lambda runtime: (),
+    on_ready: OnReady | None = None,
+    max_body_bytes: int = 1024 * 1024,
+    clock: Clock | None = None,
+) -> FastAPI:
+    """Build a service. `consumers` gets the runtime so handlers can close over it."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.service_name, settings.log_level, settings.log_json)
+        engine = make_engine(settings)
+        runtime = Runtime(settings, engine, make_sessionmaker(engine), Outbox(settings), clock=clock or Clock())
+        app.state.runtime = runtime
+        stop = asyncio.Event()
+        tasks: list[asyncio.Task[None]] = []
+        workers: list[EventConsumer] = []
+        boot = asyncio.create_task(
+            _boot(runtime, migrations_dir, consumers, on_ready, stop, tasks, workers), name="boot"
+        )
+        try:
+            yield
+        finally:
+            stop.set()
+            boot.cancel()
+            with contextlib.suppress(BaseException):
+                await boot
+            # Let the loops finish the batch in hand (they check `stop` between batches).
+            if tasks:
+                _, pending = await asyncio.wait(tasks, timeout=15)
+                for t in pending:
+                    t.cancel()
+            for w in workers:
+                with contextlib.suppress(Exception):
+                    await w.stop()
+            if runtime.producer is not None:
+                with contextlib.suppress(Exception):
+                    await runtime.producer.stop()
+            await engine.dispose()
+            log.info("%s stopped", settings.service_name)
+
+    app = FastAPI(title=title, lifespan=lifespan, default_response_class=ORJSONResponse)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = _route_template(request)
+        metrics.HTTP_REQUESTS.labels(settings.service_name, request.method, route, str(response.status_code)).inc()
+        metrics.HTTP_LATENCY.labels(settings.service_name, route).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok", "service": settings.service_name}
+
+    @app.get("/readyz", tags=["operations"])
+    async def readyz(request: Request) -> ORJSONResponse:
+        """Database and Kafka reachable, migrations done, consumers running."""
+        runtime: Runtime = request.app.state.runtime
+        if not runtime.ready:
+            return ORJSONResponse({"status": "not ready", "reason": runtime.not_ready_reason}, status_code=503)
+        try:
+            async with runtime.engine.connect() as conn:
+                await asyncio.wait_for(conn.execute(sa.text("SELECT 1")), 2)
+        except Exception as exc:
+            return ORJSONResponse({"status": "not ready", "reason": f"database: {exc!r}"}, status_code=503)
+        assert runtime.producer is not None
+        try:
+            await asyncio.wait_for(runtime.producer.client.fetch_all_metadata(), 3)
+        except Exception as exc:
+            return ORJSONResponse({"status": "not ready", "reason": f"kafka: {exc!r}"}, status_code=503)
+        return ORJSONResponse({"status": "ready", "service": settings.service_name})
+
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    async def prometheus_metrics() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+async def _boot(
+    runtime: Runtime,
+    migrations_dir: Path,
+    consumers: Callable[[Runtime], Sequence[ConsumerSpec]],
+    on_ready: OnReady | None,
+    stop: asyncio.Event,
+    tasks: list[asyncio.Task[None]],
+    workers: list[EventConsumer],
+) -> None:
+    """Bring dependencies up step by step; a step that fails is retried with capped backoff and
+    its reason is shown on /readyz and in the log, instead of crashing in a loop."""
+    settings = runtime.settings
+
+    async def step(name: str, action: Callable[[], Awaitable[None]]) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await action()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                runtime.not_ready_reason = f"{name}: {type(exc).__name__}: {exc}"
+                log.warning("%s failed, retrying in %.1fs: %s", name, delay, runtime.not_ready_reason)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, settings.startup_retry_max_seconds)
+
+    async def check_database() -> None:
+        async with runtime.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    async def migrate() -> None:
+        if settings.run_migrations:
+            await asyncio.to_thread(migrations.upgrade, migrations_dir, settings.database_url)
+
+    async def start_producer() -> None:
+        producer = make_producer(settings)
+        try:
+            await producer.start()
+        except Exception:
+            await producer.stop()
+            raise
+        runtime.producer = producer
+
+    await step("database", check_database)
+    await step("migrations", migrate)
+    await step("kafka topics", lambda: ensure_topics(settings))
+    await step("kafka producer", start_producer)
+    assert runtime.producer is not None
+    relay = OutboxRelay(settings, runtime.sessionmaker, runtime.producer, runtime.outbox)
+    tasks.append(asyncio.create_task(relay.run(stop), name="outbox-relay"))
+    for spec in consumers(runtime):
+        worker = EventConsumer(spec, settings, runtime.sessionmaker, runtime.producer, runtime.outbox)
+        await step(f"consumer {spec.name}", worker.start)
+        workers.append(worker)
+        tasks.append(asyncio.create_task(_supervise(worker, stop), name=f"consumer-{spec.name}"))
+    if on_ready is not None:
+        await step("on_ready", lambda: on_ready(runtime))
+    runtime.ready = True
+    runtime.not_ready_reason = ""
+    log.info("%s ready", settings.service_name)
+
+
+async def _supervise(worker: EventConsumer, stop: asyncio.Event) -> None:
+    """Keep a consumer loop running; an unexpected crash is logged and the loop restarted."""
+    while not stop.is_set():
+        try:
+            await worker.run(stop)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("consumer %s crashed; restarting in 2s", worker.spec.name)
+            await asyncio.sleep(2)
