@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import ORJSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -155,7 +155,7 @@ def create_app(
             await engine.dispose()
             log.info("%s stopped", settings.service_name)
 
-    app = FastAPI(title=title, lifespan=lifespan, default_response_class=ORJSONResponse)
+    app = FastAPI(title=title, lifespan=lifespan)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
 
     @app.middleware("http")
@@ -173,22 +173,22 @@ def create_app(
         return {"status": "ok", "service": settings.service_name}
 
     @app.get("/readyz", tags=["operations"])
-    async def readyz(request: Request) -> ORJSONResponse:
+    async def readyz(request: Request) -> JSONResponse:
         """Database and Kafka reachable, migrations done, consumers running."""
         runtime: Runtime = request.app.state.runtime
         if not runtime.ready:
-            return ORJSONResponse({"status": "not ready", "reason": runtime.not_ready_reason}, status_code=503)
+            return JSONResponse({"status": "not ready", "reason": runtime.not_ready_reason}, status_code=503)
         try:
             async with runtime.engine.connect() as conn:
                 await asyncio.wait_for(conn.execute(sa.text("SELECT 1")), 2)
         except Exception as exc:
-            return ORJSONResponse({"status": "not ready", "reason": f"database: {exc!r}"}, status_code=503)
+            return JSONResponse({"status": "not ready", "reason": f"database: {exc!r}"}, status_code=503)
         assert runtime.producer is not None
         try:
             await asyncio.wait_for(runtime.producer.client.fetch_all_metadata(), 3)
         except Exception as exc:
-            return ORJSONResponse({"status": "not ready", "reason": f"kafka: {exc!r}"}, status_code=503)
-        return ORJSONResponse({"status": "ready", "service": settings.service_name})
+            return JSONResponse({"status": "not ready", "reason": f"kafka: {exc!r}"}, status_code=503)
+        return JSONResponse({"status": "ready", "service": settings.service_name})
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     async def prometheus_metrics() -> PlainTextResponse:

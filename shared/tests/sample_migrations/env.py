@@ -1,0 +1,3 @@
+from opsledger.migrations import run_env
+
+run_env()

@@ -1,0 +1,93 @@
+"""`make up` brings all six services to ready as separate processes and writes the env file;
+`make down` stops what it started (here: the services, not the test session's Kafka/PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from opsledger.testing import TestInfra
+from opsledger.testing.helpers import free_port
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ["intake", "triage", "assignment", "sla", "resolution", "reporting"]
+
+
+async def make(target: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run, ["make", "-s", target], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+    return {k: v for k, v in pairs}
+
+
+async def test_make_up_starts_every_service_ready_and_make_down_stops_them(infra: TestInfra, tmp_path: Path) -> None:
+    prefix = infra.unique("up")
+    kafka_port = infra.kafka_bootstrap.rsplit(":", 1)[1]
+    pg = urlsplit(infra.postgres_dsn)
+    ports = {s: free_port() for s in SERVICES}
+    env = {
+        **os.environ,
+        "OPSLEDGER_STATE_DIR": str(tmp_path),
+        # The test session's Kafka and PostgreSQL are already running: make up must reuse them.
+        "KAFKA_PORT": kafka_port,
+        "KAFKA_DIR": os.environ.get("KAFKA_DIR", str(ROOT / ".local/test/kafka")),
+        "PG_PORT": str(pg.port),
+        "PG_DIR": os.environ.get("PG_DIR", str(ROOT / ".local/test/postgres")),
+        "OPSLEDGER_DB_PREFIX": f"{prefix}_",
+        "OPSLEDGER_TOPIC_PREFIX": prefix,
+        **{f"{s.upper()}_PORT": str(p) for s, p in ports.items()},
+    }
+    try:
+        up = await make("up", env)
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        values = read_env_file(tmp_path / "opsledger.env")
+        for s, port in ports.items():
+            assert values[f"OPSLEDGER_{s.upper()}_URL"] == f"http://127.0.0.1:{port}"
+        assert values["OPSLEDGER_ADMIN_TOKEN"] and values["OPSLEDGER_DEMO_INTEGRATION_KEY"]
+        async with httpx.AsyncClient(timeout=5) as client:
+            for s, port in ports.items():
+                ready = await client.get(f"http://127.0.0.1:{port}/readyz")
+                assert ready.status_code == 200, f"{s}: {ready.text}"
+                assert ready.json()["service"] == s
+                metrics = await client.get(f"http://127.0.0.1:{port}/metrics")
+                assert "opsledger_http_requests_total" in metrics.text
+
+        again = await make("up", env)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert again.stdout.count("already running") >= len(SERVICES) + 2, "make up is not idempotent"
+        assert read_env_file(tmp_path / "opsledger.env") == values, "a second make up changed the credentials"
+    finally:
+        down = await make("down", env, timeout=120)
+        for s in SERVICES:
+            await _drop(infra, f"{prefix}_{s}")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not list((tmp_path / "run").glob("*.pid")), "make down left services running"
+    async with httpx.AsyncClient(timeout=2) as client:
+        for port in ports.values():
+            with pytest.raises(httpx.TransportError):
+                await client.get(f"http://127.0.0.1:{port}/healthz")
+    # Kafka and PostgreSQL were not started by this make up, so make down left them running.
+    assert (await _pg_alive(infra)) is True
+
+
+async def _drop(infra: TestInfra, name: str) -> None:
+    await infra.drop_database(name)
+
+
+async def _pg_alive(infra: TestInfra) -> bool:
+    import asyncpg
+
+    conn = await asyncpg.connect(f"{infra.postgres_dsn}/postgres")
+    await conn.close()
+    return True
