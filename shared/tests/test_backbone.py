@@ -213,6 +213,7 @@ async def test_poison_messages_go_to_dead_letter_topic_and_consumer_carries_on(
     incident = str(uuid.uuid4())
     good_before, failing, good_after = app.tick(1, incident), app.tick(-1, incident), app.tick(2, incident)
     bad_payload = {**orjson.loads(good_before.to_bytes()), "event_id": str(uuid.uuid4()), "payload": {"n": "many"}}
+    unknown = {**orjson.loads(good_before.to_bytes()), "event_id": str(uuid.uuid4()), "event_type": "NoSuchEvent"}
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
     await producer.start()
     topic = settings.topic(Stream.INCIDENTS)
@@ -221,6 +222,7 @@ async def test_poison_messages_go_to_dead_letter_topic_and_consumer_carries_on(
         good_before.to_bytes(),
         b"{not json",
         orjson.dumps(bad_payload),
+        orjson.dumps(unknown),
         failing.to_bytes(),
         good_after.to_bytes(),
     ):
@@ -230,13 +232,14 @@ async def test_poison_messages_go_to_dead_letter_topic_and_consumer_carries_on(
     async with consuming(settings):
         rows = await eventually(lambda: _rows_if(settings, 2), what="both good ticks applied")
     assert [n for _, n in rows] == [1, 2]
-    dead = await read_topic(settings.kafka_bootstrap, settings.deadletter_topic, until=lambda rs: len(rs) >= 3)
+    dead = await read_topic(settings.kafka_bootstrap, settings.deadletter_topic, until=lambda rs: len(rs) >= 4)
     errors = [dead_letter_error(r.headers) or "" for r in dead]
-    assert len(dead) == 3
+    assert len(dead) == 4
     assert "malformed envelope" in errors[0]
     assert "invalid payload" in errors[1] and "n" in errors[1]
-    assert "negative tick is poison" in errors[2]
-    assert dead[2].value == failing.to_bytes(), "the dead letter carries the original message"
+    assert "unknown event" in errors[2] and "NoSuchEvent" in errors[2]
+    assert "negative tick is poison" in errors[3]
+    assert dead[3].value == failing.to_bytes(), "the dead letter carries the original message"
 
 
 async def test_fresh_consumer_replays_from_offset_zero_into_the_same_state(

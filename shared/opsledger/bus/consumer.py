@@ -210,8 +210,8 @@ class EventConsumer:
                 payload: EventPayload | None = registry.decode(envelope)
             except (UnknownEventType, UnsupportedSchemaVersion) as exc:
                 if not self.spec.accept_unknown:
-                    log.warning("consumer %s: skipping %s: %s", self.spec.name, envelope.event_type, exc)
-                    result.skipped += 1
+                    # Parked, not dropped: after an upgrade it can be replayed from the DLQ.
+                    result.deadlettered.append(_Poison(record, f"unknown event: {type(exc).__name__}: {exc}"))
                     continue
                 payload = None
             except Exception as exc:
