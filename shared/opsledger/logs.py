@@ -49,6 +49,11 @@ def configure_logging(service: str, level: str = "INFO", json: bool = True) -> N
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
 
 
+def current_correlation_id() -> str | None:
+    """The correlation id bound to this request or event (None outside one)."""
+    return correlation_id.get()
+
+
 @contextlib.contextmanager
 def log_context(
     envelope: Envelope | None = None, *, correlation: str | None = None, incident: str | None = None

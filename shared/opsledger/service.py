@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from opsledger.bus.producer import make_producer
 from opsledger.bus.topics import ensure_topics
 from opsledger.clock import Clock
 from opsledger.db import make_engine, make_sessionmaker
-from opsledger.logs import configure_logging
+from opsledger.logs import configure_logging, log_context
 from opsledger.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -159,9 +160,14 @@ def create_app(
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
 
     @app.middleware("http")
-    async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+    async def correlate_and_count(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        # Every log line of this request carries its correlation id; the caller gets it back.
+        given = request.headers.get("x-correlation-id") or request.headers.get("x-request-id") or ""
+        correlation = given if 0 < len(given) <= 200 and given.isprintable() else uuid.uuid4().hex
         started = time.perf_counter()
-        response = await call_next(request)
+        with log_context(correlation=correlation):
+            response = await call_next(request)
+        response.headers["x-correlation-id"] = correlation
         route = _route_template(request)
         metrics.HTTP_REQUESTS.labels(settings.service_name, request.method, route, str(response.status_code)).inc()
         metrics.HTTP_LATENCY.labels(settings.service_name, route).observe(time.perf_counter() - started)
