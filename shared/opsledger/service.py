@@ -26,6 +26,7 @@ from opsledger import metrics, migrations
 from opsledger.bus.consumer import ConsumerSpec, EventConsumer
 from opsledger.bus.outbox import Outbox, OutboxRelay
 from opsledger.bus.producer import make_producer
+from opsledger.bus.reconcile import reconcile_quietly
 from opsledger.bus.topics import ensure_topics
 from opsledger.clock import Clock
 from opsledger.db import make_engine, make_sessionmaker
@@ -254,6 +255,7 @@ async def _boot(
     await step("kafka topics", lambda: ensure_topics(settings))
     await step("kafka producer", start_producer)
     assert runtime.producer is not None
+    await reconcile_quietly(settings)
     relay = OutboxRelay(settings, runtime.sessionmaker, runtime.producer, runtime.outbox)
     tasks.append(asyncio.create_task(relay.run(stop), name="outbox-relay"))
     for spec in consumers(runtime):

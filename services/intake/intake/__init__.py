@@ -1,0 +1,1 @@
+"""OpsLedger intake service: logging of alerts and reported incidents."""

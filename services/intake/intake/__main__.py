@@ -1,0 +1,5 @@
+from intake.app import MIGRATIONS
+from intake.settings import Settings
+from opsledger.cli import main
+
+main("intake", Settings(), MIGRATIONS)

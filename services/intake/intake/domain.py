@@ -1,0 +1,263 @@
+"""Pure decisions of intake (no I/O): the de-duplication key, and what an alert signal does to the
+state kept for its key — open an incident, correlate to the open one, resolve, acknowledge — with
+flapping detection. The caller loads and locks the state, applies `decide`, and writes back."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+
+from opsledger.events.common import Link, Person, Severity
+from opsledger.events.intake import (
+    AlertAcknowledged,
+    AlertCorrelated,
+    AlertFlapping,
+    AlertResolved,
+    BusinessImpact,
+    IncidentLogged,
+)
+from opsledger.events.registry import EventPayload
+
+
+class SignalKind(enum.StrEnum):
+    TRIGGER = "trigger"
+    RESOLVE = "resolve"
+    ACKNOWLEDGE = "acknowledge"
+
+
+class Status(enum.StrEnum):
+    INACTIVE = "inactive"  # the key is known (a row exists) but never opened an incident
+    FIRING = "firing"  # an incident is open for the key
+    RESOLVED = "resolved"  # the last incident for the key was resolved
+
+
+class Action(enum.StrEnum):
+    """What intake did with one signal (returned to the caller)."""
+
+    LOGGED = "logged"  # a new incident
+    CORRELATED = "correlated"  # attached to the open incident
+    SUPPRESSED = "suppressed"  # flapping: attached to the last incident instead of opening one
+    RESOLVED = "resolved"
+    ACKNOWLEDGED = "acknowledged"
+    IGNORED = "ignored"  # resolve/acknowledge for a key with no open incident
+
+
+@dataclass(frozen=True)
+class AlertSignal:
+    """One alert occurrence, whatever format it came in."""
+
+    kind: SignalKind
+    source: str  # alertmanager | grafana | pagerduty | generic
+    dedup_key: str
+    title: str
+    severity: Severity
+    occurred_at: datetime
+    integration_id: str | None = None
+    integration_name: str | None = None
+    source_severity: str | None = None
+    description: str | None = None
+    service: str | None = None
+    environment: str | None = None
+    component: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    links: tuple[Link, ...] = ()
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AlertState:
+    """What intake keeps per (integration, dedup key)."""
+
+    status: Status = Status.INACTIVE
+    incident_id: uuid.UUID | None = None  # the open incident, or the last one once resolved
+    occurrence_count: int = 0
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+    transitions: tuple[datetime, ...] = ()  # state changes within the flapping window
+    flapping_since: datetime | None = None
+
+
+@dataclass(frozen=True)
+class FlapPolicy:
+    """An alert changing state more than `max_transitions` times within `window` is flapping."""
+
+    max_transitions: int = 6
+    window: timedelta = timedelta(minutes=30)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: AlertState
+    action: Action
+    incident_id: uuid.UUID | None
+    events: tuple[EventPayload, ...] = ()  # all about `incident_id`, in order
+    opened: bool = False
+
+
+def stable_key(source: str, labels: Mapping[str, str], **extra: str | None) -> str:
+    """Dedup key for an alert that brings none: a hash of its source and labels (order-free)."""
+    material = {"source": source, "labels": dict(labels), **{k: v for k, v in extra.items() if v is not None}}
+    return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+
+def decide(
+    state: AlertState, signal: AlertSignal, *, now: datetime, policy: FlapPolicy, new_incident_id: uuid.UUID
+) -> Outcome:
+    """Apply one signal to its key's state. `new_incident_id` is used only if an incident opens."""
+    transitions = tuple(t for t in state.transitions if t > now - policy.window)
+    state = replace(state, transitions=transitions)
+    if signal.kind is SignalKind.TRIGGER:
+        return _trigger(state, signal, now, policy, new_incident_id)
+    if signal.kind is SignalKind.RESOLVE:
+        return _resolve(state, signal, now, policy)
+    return _acknowledge(state, signal, now)
+
+
+def _trigger(state: AlertState, signal: AlertSignal, now: datetime, policy: FlapPolicy, new_id: uuid.UUID) -> Outcome:
+    if state.status is Status.FIRING and state.incident_id is not None:
+        state = replace(state, occurrence_count=state.occurrence_count + 1, last_seen=now)
+        return Outcome(state, Action.CORRELATED, state.incident_id, (_correlated(state, signal),))
+    if state.status is Status.RESOLVED and state.incident_id is not None:
+        state = replace(state, transitions=(*state.transitions, now))
+        if len(state.transitions) > policy.max_transitions:
+            # Flapping: re-attach to the last incident instead of opening another one.
+            events: list[EventPayload] = []
+            if state.flapping_since is None:
+                state = replace(state, flapping_since=now)
+                events.append(_flapping(state, signal, policy))
+            state = replace(state, status=Status.FIRING, occurrence_count=state.occurrence_count + 1, last_seen=now)
+            events.append(_correlated(state, signal))
+            return Outcome(state, Action.SUPPRESSED, state.incident_id, tuple(events))
+        state = replace(state, flapping_since=None)  # calmed down (or never flapped)
+    state = replace(state, status=Status.FIRING, incident_id=new_id, occurrence_count=1, first_seen=now, last_seen=now)
+    return Outcome(state, Action.LOGGED, new_id, (logged(signal, received_at=now),), opened=True)
+
+
+def _resolve(state: AlertState, signal: AlertSignal, now: datetime, policy: FlapPolicy) -> Outcome:
+    if state.status is not Status.FIRING or state.incident_id is None:
+        return Outcome(state, Action.IGNORED, state.incident_id)
+    state = replace(state, status=Status.RESOLVED, transitions=(*state.transitions, now), last_seen=now)
+    events: list[EventPayload] = [
+        AlertResolved(
+            source=signal.source,
+            integration_id=signal.integration_id,
+            dedup_key=signal.dedup_key,
+            resolved_at=signal.occurred_at,
+            raw=dict(signal.raw),
+        )
+    ]
+    if len(state.transitions) > policy.max_transitions and state.flapping_since is None:
+        state = replace(state, flapping_since=now)
+        events.append(_flapping(state, signal, policy))
+    return Outcome(state, Action.RESOLVED, state.incident_id, tuple(events))
+
+
+def _acknowledge(state: AlertState, signal: AlertSignal, now: datetime) -> Outcome:
+    if state.status is not Status.FIRING or state.incident_id is None:
+        return Outcome(state, Action.IGNORED, state.incident_id)
+    event = AlertAcknowledged(
+        source=signal.source,
+        integration_id=signal.integration_id,
+        dedup_key=signal.dedup_key,
+        acknowledged_at=now,
+        raw=dict(signal.raw),
+    )
+    return Outcome(state, Action.ACKNOWLEDGED, state.incident_id, (event,))
+
+
+def _correlated(state: AlertState, signal: AlertSignal) -> AlertCorrelated:
+    assert state.first_seen is not None and state.last_seen is not None
+    return AlertCorrelated(
+        source=signal.source,
+        integration_id=signal.integration_id,
+        dedup_key=signal.dedup_key,
+        occurrence_count=max(state.occurrence_count, 2),
+        first_seen=state.first_seen,
+        last_seen=state.last_seen,
+        severity=signal.severity,
+        source_severity=signal.source_severity,
+        title=signal.title,
+        labels=dict(signal.labels),
+        raw=dict(signal.raw),
+    )
+
+
+def _flapping(state: AlertState, signal: AlertSignal, policy: FlapPolicy) -> AlertFlapping:
+    assert state.flapping_since is not None
+    return AlertFlapping(
+        dedup_key=signal.dedup_key,
+        transitions=len(state.transitions),
+        window_seconds=int(policy.window.total_seconds()),
+        since=state.flapping_since,
+    )
+
+
+def logged(signal: AlertSignal, *, received_at: datetime) -> IncidentLogged:
+    return IncidentLogged(
+        source=signal.source,
+        integration_id=signal.integration_id,
+        integration_name=signal.integration_name,
+        occurred_at=signal.occurred_at,
+        received_at=received_at,
+        title=signal.title,
+        description=signal.description,
+        service=signal.service,
+        environment=signal.environment,
+        component=signal.component,
+        labels=dict(signal.labels),
+        annotations=dict(signal.annotations),
+        severity=signal.severity,
+        source_severity=signal.source_severity,
+        dedup_key=signal.dedup_key,
+        links=list(signal.links),
+        raw=dict(signal.raw),
+    )
+
+
+@dataclass(frozen=True)
+class Report:
+    """A person's incident report, validated."""
+
+    title: str
+    severity: Severity
+    occurred_at: datetime
+    reporter: Person | None = None
+    description: str | None = None
+    service: str | None = None
+    environment: str | None = None
+    business_impact: BusinessImpact | None = None
+    urgency_hint: int | None = None
+    source_severity: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    links: tuple[Link, ...] = ()
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+def report_logged(report: Report, *, incident_id: uuid.UUID, received_at: datetime) -> IncidentLogged:
+    """A report always opens its own incident (people are not de-duplicated: triage may merge)."""
+    return IncidentLogged(
+        source="manual",
+        reporter=report.reporter,
+        occurred_at=report.occurred_at,
+        received_at=received_at,
+        title=report.title,
+        description=report.description,
+        service=report.service,
+        environment=report.environment,
+        labels=dict(report.labels),
+        severity=report.severity,
+        source_severity=report.source_severity,
+        business_impact=report.business_impact,
+        urgency_hint=report.urgency_hint,
+        dedup_key=f"manual:{incident_id}",
+        links=list(report.links),
+        raw=dict(report.raw),
+    )

@@ -1,0 +1,108 @@
+"""Rejections of bad requests: a 4xx naming the field at fault, in OpsLedger's shape or, on the
+PagerDuty-compatible endpoint, in PagerDuty's (so its client libraries understand it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+from starlette.responses import Response
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str  # dotted path into the body ("alerts.0.labels"), "body", or a header name
+    message: str
+
+
+@dataclass
+class Rejected(Exception):
+    status: int
+    message: str
+    errors: list[FieldError] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "body"
+
+
+def field_errors(exc: ValidationError) -> list[FieldError]:
+    # Never echo the input back: it may be large or hold secrets.
+    return [FieldError(_path(e["loc"]), e["msg"]) for e in exc.errors(include_url=False, include_input=False)]
+
+
+def invalid(exc: ValidationError) -> Rejected:
+    errors = field_errors(exc)
+    summary = "; ".join(f"field '{e.field}': {e.message}" for e in errors[:5])
+    return Rejected(422, f"invalid request: {summary}", errors)
+
+
+def is_json(content_type: str | None) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object, or a 415 (not JSON) / 400 (malformed) / 422 (not an object)."""
+    if not is_json(request.headers.get("content-type")):
+        raise Rejected(
+            415,
+            f"header 'content-type': expected application/json, got {request.headers.get('content-type')!r}",
+            [FieldError("content-type", "expected application/json")],
+        )
+    raw = await request.body()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Rejected(400, f"body: malformed JSON: {exc}", [FieldError("body", f"malformed JSON: {exc}")]) from None
+    if not isinstance(body, dict):
+        raise Rejected(422, "body: expected a JSON object", [FieldError("body", "expected a JSON object")])
+    return body
+
+
+def parse(model: type[M], body: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise invalid(exc) from None
+
+
+class JSONAnswer(Response):
+    """orjson-encoded JSON answer (what FastAPI's deprecated ORJSONResponse did)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def standard(rejected: Rejected) -> JSONAnswer:
+    return JSONAnswer(
+        {"detail": rejected.message, "errors": [{"field": e.field, "message": e.message} for e in rejected.errors]},
+        status_code=rejected.status,
+        headers=rejected.headers,
+    )
+
+
+def pagerduty(rejected: Rejected) -> JSONAnswer:
+    """PagerDuty's error shape: 400 for anything wrong with the event."""
+    status = rejected.status if rejected.status in (401, 403, 413, 415, 429, 503) else 400
+    messages = [f"'{e.field}' {e.message}" for e in rejected.errors] or [rejected.message]
+    return JSONAnswer(
+        {
+            "status": "invalid event" if status == 400 else "unauthorized" if status in (401, 403) else "error",
+            "message": "Event object is invalid" if status == 400 else rejected.message,
+            "errors": messages,
+        },
+        status_code=status,
+        headers=rejected.headers,
+    )

@@ -1,0 +1,115 @@
+"""The write path of an alert or a report: lock the keys' state, decide, and commit the new state
+with its events in one transaction. Returning means the events are durable in the outbox."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from intake import store
+from intake.domain import Action, AlertSignal, FlapPolicy, Report, decide, report_logged
+from intake.integrations import PRODUCER, Integration
+from intake.settings import Settings
+from opsledger.events import Envelope, new_event
+from opsledger.service import Runtime
+
+
+@dataclass(frozen=True)
+class Result:
+    dedup_key: str
+    action: Action
+    incident_id: uuid.UUID | None
+
+    def json(self) -> dict[str, str | None]:
+        return {
+            "dedup_key": self.dedup_key,
+            "action": self.action.value,
+            "incident_id": str(self.incident_id) if self.incident_id else None,
+        }
+
+
+def flap_policy(settings: Settings) -> FlapPolicy:
+    return FlapPolicy(settings.flap_max_transitions, timedelta(minutes=settings.flap_window_minutes))
+
+
+async def ingest_alerts(
+    runtime: Runtime, integration: Integration, signals: list[AlertSignal], correlation_id: str
+) -> list[Result]:
+    """Apply signals (in order) to their keys' state; one transaction for the whole request."""
+    settings = runtime.settings
+    assert isinstance(settings, Settings)
+    policy = flap_policy(settings)
+    now = runtime.clock.now()
+    scope = str(integration.integration_id)
+    results: list[Result] = []
+    envelopes: list[Envelope] = []
+    opened: list[dict[str, object]] = []
+    async with runtime.sessionmaker() as session, session.begin():
+        states = await store.lock_states(session, scope, [s.dedup_key for s in signals])
+        before = dict(states)
+        for signal in signals:
+            signal = _with_integration(signal, integration)
+            outcome = decide(states[signal.dedup_key], signal, now=now, policy=policy, new_incident_id=uuid.uuid4())
+            states[signal.dedup_key] = outcome.state
+            envelopes.extend(
+                new_event(
+                    payload,
+                    producer=PRODUCER,
+                    actor=integration.actor,
+                    incident_id=outcome.incident_id,
+                    correlation_id=correlation_id,
+                    occurred_at=now,
+                )
+                for payload in outcome.events
+            )
+            if outcome.opened:
+                opened.append(
+                    {
+                        "incident_id": outcome.incident_id,
+                        "source": signal.source,
+                        "scope": scope,
+                        "dedup_key": signal.dedup_key,
+                        "title": signal.title,
+                        "logged_at": now,
+                    }
+                )
+            results.append(Result(signal.dedup_key, outcome.action, outcome.incident_id))
+        await store.save_states(session, scope, {k: s for k, s in states.items() if s != before[k]})
+        await store.record_incidents(session, opened)
+        await runtime.outbox.add(session, envelopes)
+    runtime.outbox.wake()
+    return results
+
+
+def _with_integration(signal: AlertSignal, integration: Integration) -> AlertSignal:
+    from dataclasses import replace
+
+    return replace(signal, integration_id=str(integration.integration_id), integration_name=integration.name)
+
+
+async def ingest_report(runtime: Runtime, report: Report, actor: str, correlation_id: str) -> uuid.UUID:
+    """A person's report always opens a new incident."""
+    incident_id = uuid.uuid4()
+    now = runtime.clock.now()
+    payload = report_logged(report, incident_id=incident_id, received_at=now)
+    envelope = new_event(
+        payload, producer=PRODUCER, actor=actor, incident_id=incident_id, correlation_id=correlation_id, occurred_at=now
+    )
+    async with runtime.sessionmaker() as session, session.begin():
+        await store.record_incidents(
+            session,
+            [
+                {
+                    "incident_id": incident_id,
+                    "source": "manual",
+                    "scope": None,
+                    "dedup_key": payload.dedup_key,
+                    "title": report.title,
+                    "logged_at": now,
+                }
+            ],
+        )
+        await runtime.outbox.add(session, [envelope])
+    runtime.outbox.wake()
+    return incident_id

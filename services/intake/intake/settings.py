@@ -1,0 +1,20 @@
+"""Settings of the intake service (environment: OPSLEDGER_*)."""
+
+from pydantic import Field
+
+from opsledger.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    service_name: str = "intake"
+    port: int = 8001
+    database_url: str = "postgresql+asyncpg://opsledger@127.0.0.1:5432/opsledger_intake"
+    # Upserted at start as the integration "demo" (make up seeds a demo key this way).
+    bootstrap_integration_key: str | None = None
+    # Flapping: more than `flap_max_transitions` firing<->resolved changes within
+    # `flap_window_minutes` marks an alert flapping; it then stops opening new incidents.
+    flap_max_transitions: int = Field(default=6, ge=1)
+    flap_window_minutes: float = Field(default=30.0, gt=0)
+    # Integration keys are looked up once per this many seconds per process (a disabled key is
+    # refused at once by the replica that disabled it, by the others within this time).
+    integration_cache_seconds: float = Field(default=5.0, ge=0)

@@ -1,0 +1,64 @@
+"""Running intake in-process against the real Kafka and PostgreSQL, and reading what it logged."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from intake.app import build
+from intake.settings import Settings
+from opsledger.events import Envelope, Stream
+from opsledger.testing import TestInfra, read_topic, running_app
+
+ADMIN = {"Authorization": "Bearer dev-admin-token"}
+
+
+@dataclass
+class Intake:
+    client: httpx.AsyncClient
+    settings: Settings
+    key: str  # an integration key of kind "any"
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    async def post(self, path: str, body: Any, key: str | None = None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {key or self.key}"}
+        return await self.client.post(path, json=body, headers=headers)
+
+    async def events(self, stream: Stream = Stream.INCIDENTS, at_least: int = 0) -> list[Envelope]:
+        """Every event on the stream's topic, once there are at least `at_least`."""
+        topic = self.settings.topic(stream)
+        return await topic_events(self.settings.kafka_bootstrap, topic, at_least)
+
+
+async def topic_events(bootstrap: str, topic: str, at_least: int = 0) -> list[Envelope]:
+    if at_least:
+        await read_topic(bootstrap, topic, until=lambda rs: len(rs) >= at_least)
+    # Then read to the end, so a test also sees anything written beyond what it waited for.
+    return [Envelope.from_bytes(r.value) for r in await read_topic(bootstrap, topic)]
+
+
+async def make_settings(infra: TestInfra, make_database: Callable[..., Any], prefix: str, **overrides: Any) -> Settings:
+    return Settings(
+        database_url=await make_database(),
+        kafka_bootstrap=infra.kafka_bootstrap,
+        topic_prefix=prefix,
+        topic_partitions=1,
+        relay_poll_seconds=0.05,
+        log_json=False,
+        **overrides,
+    )
+
+
+@contextlib.asynccontextmanager
+async def intake(settings: Settings) -> AsyncIterator[Intake]:
+    async with running_app(build(settings)) as client:
+        created = await client.post("/v1/integrations", json={"name": "test"}, headers=ADMIN)
+        assert created.status_code == 201, created.text
+        yield Intake(client, settings, created.json()["key"])

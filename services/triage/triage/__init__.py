@@ -1,0 +1,1 @@
+"""OpsLedger triage service: categorization and prioritization."""

@@ -1,0 +1,156 @@
+"""Tables of the triage service (its own database) and the queries on them."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from triage import domain
+
+metadata = sa.MetaData()
+
+# One row per incident this service has triaged: the facts it decided on, the automatic
+# decision with its explanation, the overrides in force, and what it last announced.
+incidents = sa.Table(
+    "triage_incidents",
+    metadata,
+    sa.Column("incident_id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("logged_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("correlation_id", sa.Text),
+    sa.Column("facts", pg.JSONB, nullable=False),
+    sa.Column("decision", pg.JSONB, nullable=False),
+    sa.Column("overrides", pg.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("category", sa.Text, nullable=False),
+    sa.Column("subcategory", sa.Text),
+    sa.Column("priority", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Every version of every configuration (kind: categories | rules | matrix); the highest
+# version of a kind is in force. Rows are never updated: this is the history.
+config_versions = sa.Table(
+    "config_versions",
+    metadata,
+    sa.Column("kind", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("body", pg.JSONB, nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("comment", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+KINDS = ("categories", "rules", "matrix")
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+async def current_configs(session: AsyncSession) -> dict[str, sa.Row[Any]]:
+    """The version in force of each configuration kind (kinds never saved are absent)."""
+    latest = (
+        sa.select(config_versions.c.kind, sa.func.max(config_versions.c.version).label("version"))
+        .group_by(config_versions.c.kind)
+        .subquery()
+    )
+    rows = (
+        await session.execute(
+            sa.select(config_versions).join(
+                latest, sa.and_(latest.c.kind == config_versions.c.kind, latest.c.version == config_versions.c.version)
+            )
+        )
+    ).all()
+    return {r.kind: r for r in rows}
+
+
+def policy_from(
+    rows: dict[str, sa.Row[Any]], criticality: dict[str, int], thresholds: tuple[int, ...]
+) -> domain.Policy:
+    """Rebuild the policy from stored bodies (they were validated when saved)."""
+    tree = domain.DEFAULT_TREE
+    if "categories" in rows:
+        body = rows["categories"].body
+        tree = domain.build_tree(rows["categories"].version, body["categories"], body.get("fallback"))
+    rules = domain.DEFAULT_RULES
+    if "rules" in rows:
+        rules = domain.build_rules(rows["rules"].version, domain.parse_rules(rows["rules"].body["rules"]), tree)
+    matrix = domain.DEFAULT_MATRIX
+    if "matrix" in rows:
+        matrix = domain.build_matrix(rows["matrix"].version, rows["matrix"].body["matrix"])
+    return domain.Policy(tree=tree, rules=rules, matrix=matrix, criticality=criticality, count_thresholds=thresholds)
+
+
+async def lock_config(session: AsyncSession) -> None:
+    """Serialise configuration changes (they validate against each other) for this transaction."""
+    await session.execute(sa.select(sa.func.pg_advisory_xact_lock(0x7472696167)))  # "triag"
+
+
+async def save_config(
+    session: AsyncSession, kind: str, version: int, body: dict[str, Any], actor: str, comment: str | None, at: datetime
+) -> bool:
+    """Insert a version; False when it already exists (a racing replica seeded it)."""
+    result = await session.execute(
+        pg.insert(config_versions)
+        .values(kind=kind, version=version, body=body, actor=actor, comment=comment, created_at=at)
+        .on_conflict_do_nothing()
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def config_history(session: AsyncSession, kind: str, limit: int = 100) -> list[sa.Row[Any]]:
+    return list(
+        (
+            await session.execute(
+                sa.select(config_versions)
+                .where(config_versions.c.kind == kind)
+                .order_by(config_versions.c.version.desc())
+                .limit(limit)
+            )
+        ).all()
+    )
+
+
+# --------------------------------------------------------------------------- incidents
+
+
+async def load_incident(session: AsyncSession, incident_id: uuid.UUID, lock: bool = False) -> sa.Row[Any] | None:
+    query = sa.select(incidents).where(incidents.c.incident_id == incident_id)
+    if lock:
+        query = query.with_for_update()
+    return (await session.execute(query)).first()
+
+
+async def recent_incidents(session: AsyncSession, limit: int) -> list[sa.Row[Any]]:
+    return list((await session.execute(sa.select(incidents).order_by(incidents.c.logged_at.desc()).limit(limit))).all())
+
+
+def decision_json(decision: domain.Decision) -> dict[str, Any]:
+    return asdict(decision)
+
+
+def overrides_json(overrides: domain.Overrides) -> dict[str, Any]:
+    return {k: v for k, v in asdict(overrides).items() if v is not None}
+
+
+def overrides_from(raw: dict[str, Any] | None) -> domain.Overrides:
+    raw = raw or {}
+    c, p = raw.get("category"), raw.get("priority")
+    return domain.Overrides(
+        category=domain.CategoryOverride(**c) if c else None,
+        priority=domain.PriorityOverride(**p) if p else None,
+    )
+
+
+async def insert_incident(session: AsyncSession, values: dict[str, Any]) -> bool:
+    result = await session.execute(pg.insert(incidents).values(**values).on_conflict_do_nothing())
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def update_incident(session: AsyncSession, incident_id: uuid.UUID, values: dict[str, Any]) -> None:
+    await session.execute(sa.update(incidents).where(incidents.c.incident_id == incident_id).values(**values))
