@@ -45,6 +45,12 @@ typecheck: venv
 catalog: venv
 	$(PY) -m opsledger.events.catalog --write docs/events/catalog.json
 
+# Replay the whole log into a new reporting projection version, then switch to it atomically.
+rebuild-reporting: venv
+	@test -f $${OPSLEDGER_STATE_DIR:-.local}/opsledger.env || { echo "nothing is up: run make up first"; exit 1; }
+	set -a; . $${OPSLEDGER_STATE_DIR:-.local}/opsledger.env; set +a; \
+	$(PY) -m reporting rebuild --url "$$OPSLEDGER_REPORTING_URL"
+
 bench: venv
 	deploy/local/bench.sh
 

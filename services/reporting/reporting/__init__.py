@@ -1,0 +1,1 @@
+"""OpsLedger reporting service: read models, audit trail and analytics."""
