@@ -214,6 +214,8 @@ def test_default_rules_classify_common_alerts() -> None:
         "Postgres replica lag 300s": ("Database", "Replication", "database-replication"),
         "DNS resolution failing for api.example.com": ("Network", "DNS", "dns"),
         "Disk full on /var": ("Storage", None, "storage"),
+        "db-1 disk 95% full": ("Storage", None, "storage"),
+        "No space left on device": ("Storage", None, "storage"),
         "Possible intrusion detected": ("Security", None, "security"),
         "TLS certificate expires in 3 days": ("Access", "Certificates", "certificates"),
         "High CPU on web-1": ("Infrastructure/Server", None, "server"),

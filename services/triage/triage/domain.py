@@ -703,7 +703,7 @@ DEFAULT_RULE_SPECS: list[dict[str, Any]] = [
     },
     {
         "id": "storage",
-        "when": {"keywords": ["disk full", "volume", "storage", "bucket", "iops", "filesystem"]},
+        "when": {"keywords": ["disk", "no space left", "inode", "volume", "storage", "bucket", "iops", "filesystem"]},
         "set": {"category": "Storage"},
     },
     {
