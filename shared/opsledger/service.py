@@ -262,7 +262,7 @@ async def _boot(
         worker = EventConsumer(spec, settings, runtime.sessionmaker, runtime.producer, runtime.outbox)
         await step(f"consumer {spec.name}", worker.start)
         workers.append(worker)
-        tasks.append(asyncio.create_task(_supervise(worker, stop), name=f"consumer-{spec.name}"))
+        tasks.append(asyncio.create_task(supervise(worker, stop), name=f"consumer-{spec.name}"))
     if on_ready is not None:
         await step("on_ready", lambda: on_ready(runtime))
     runtime.ready = True
@@ -270,7 +270,7 @@ async def _boot(
     log.info("%s ready", settings.service_name)
 
 
-async def _supervise(worker: EventConsumer, stop: asyncio.Event) -> None:
+async def supervise(worker: EventConsumer, stop: asyncio.Event) -> None:
     """Keep a consumer loop running; an unexpected crash is logged and the loop restarted."""
     while not stop.is_set():
         try:

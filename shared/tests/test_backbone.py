@@ -18,12 +18,13 @@ import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
 
-from opsledger.bus.consumer import ConsumerSpec, EventConsumer, dead_letter_error
-from opsledger.bus.outbox import Outbox, OutboxRelay
+from opsledger.bus.consumer import ConsumerSpec, Delivery, EventConsumer
+from opsledger.bus.deadletter import dead_letter_error
+from opsledger.bus.outbox import EventTooLarge, Outbox, OutboxRelay
 from opsledger.bus.producer import make_producer
 from opsledger.bus.reconcile import reconcile_outbox
-from opsledger.bus.topics import ensure_topics
-from opsledger.db import make_engine, make_sessionmaker
+from opsledger.bus.topics import MAX_DEAD_LETTER_BYTES, MAX_EVENT_BYTES, TOPIC_HEADROOM_BYTES, ensure_topics
+from opsledger.db import make_engine, make_sessionmaker, outbox_table
 from opsledger.events import Stream
 from opsledger.settings import ServiceSettings
 from opsledger.testing import TestInfra, eventually, read_topic
@@ -284,3 +285,174 @@ async def test_reconciliation_at_start_keeps_a_crashed_batch_off_the_log_a_secon
     topic = settings.topic(Stream.INCIDENTS)
     on_wire = await topic_event_ids(settings, topic, 30)
     assert sorted(on_wire) == sorted(ids), "each event exactly once on the log"
+
+
+async def _stage_raw(settings: ServiceSettings, values: list[bytes]) -> None:
+    """Outbox rows as a relay may find them: staged by an older release, or sized for a broker
+    with a larger limit than this one (Outbox.add itself refuses oversized events)."""
+    engine = make_engine(settings)
+    rows = [
+        {"event_id": uuid.uuid4(), "topic": settings.topic(Stream.INCIDENTS), "key": b"k", "value": v} for v in values
+    ]
+    async with engine.begin() as conn:
+        await conn.execute(sa.insert(outbox_table), rows)
+    await engine.dispose()
+
+
+async def _relay_until_empty(settings: ServiceSettings) -> None:
+    engine = make_engine(settings)
+    producer = make_producer(settings)
+    await producer.start()
+    relay = OutboxRelay(settings, make_sessionmaker(engine), producer, Outbox(settings))
+    try:
+        while await relay.publish_batch():
+            pass
+        async with engine.connect() as conn:
+            unsent = await conn.scalar(
+                sa.select(sa.func.count()).select_from(outbox_table).where(outbox_table.c.sent_at.is_(None))
+            )
+        assert unsent == 0, "every row is either on its topic or on the dead-letter topic"
+    finally:
+        await producer.stop()
+        await engine.dispose()
+
+
+async def test_an_event_too_large_for_its_stream_goes_to_the_dead_letter_topic_and_the_rest_flows_on(
+    infra: TestInfra, make_database: Any, topic_prefix: str
+) -> None:
+    settings = await make_settings(infra, make_database, topic_prefix)
+    before = await stage_ticks(settings, 3)
+    oversized = b"x" * (MAX_EVENT_BYTES + TOPIC_HEADROOM_BYTES + 1)  # over the stream topic's own limit too
+    await _stage_raw(settings, [oversized])
+    after = await stage_ticks(settings, 3)
+
+    await _relay_until_empty(settings)
+
+    on_wire = await topic_event_ids(settings, settings.topic(Stream.INCIDENTS), 6)
+    assert sorted(on_wire) == sorted(before + after), "the events behind the refused one were published"
+    [dead] = await read_topic(settings.kafka_bootstrap, settings.deadletter_topic, until=lambda rs: len(rs) >= 1)
+    assert dead.value == oversized, "the dead letter carries the whole refused event"
+    error = dead_letter_error(dead.headers) or ""
+    assert f"over the {MAX_EVENT_BYTES} a stream takes" in error
+
+
+async def test_a_message_too_large_even_for_the_dead_letter_topic_leaves_a_stub_there(
+    infra: TestInfra, make_database: Any, topic_prefix: str
+) -> None:
+    settings = await make_settings(infra, make_database, topic_prefix)
+    huge = b"{" + b"y" * (MAX_DEAD_LETTER_BYTES + TOPIC_HEADROOM_BYTES)
+    await _stage_raw(settings, [huge])
+    after = await stage_ticks(settings, 2)
+
+    await _relay_until_empty(settings)
+
+    assert sorted(await topic_event_ids(settings, settings.topic(Stream.INCIDENTS), 2)) == sorted(after)
+    [dead] = await read_topic(settings.kafka_bootstrap, settings.deadletter_topic, until=lambda rs: len(rs) >= 1)
+    stub = orjson.loads(dead.value)
+    assert stub["truncated"] is True and stub["bytes"] == len(huge) and stub["head"].startswith("{yyy")
+    assert "too large for the dead-letter topic too" in (dead_letter_error(dead.headers) or "")
+
+
+async def test_outbox_refuses_an_event_larger_than_a_stream_takes_and_the_transaction_keeps_nothing(
+    infra: TestInfra, make_database: Any, topic_prefix: str
+) -> None:
+    settings = await make_settings(infra, make_database, topic_prefix)
+    incident = str(uuid.uuid4())
+    fits = app.tick(1, incident)
+    too_large = fits.model_copy(update={"event_id": uuid.uuid4(), "payload": {"n": 2, "pad": "z" * MAX_EVENT_BYTES}})
+    engine = make_engine(settings)
+    with pytest.raises(EventTooLarge, match=str(too_large.event_id)):
+        async with make_sessionmaker(engine)() as session, session.begin():
+            await Outbox(settings).add(session, [fits, too_large])
+    async with engine.connect() as conn:
+        assert await conn.scalar(sa.select(sa.func.count()).select_from(outbox_table)) == 0
+    await engine.dispose()
+
+
+async def test_a_consumer_that_accepts_invalid_payloads_gets_them_with_the_reason(
+    infra: TestInfra, make_database: Any, topic_prefix: str
+) -> None:
+    settings = await make_settings(infra, make_database, topic_prefix)
+    good = app.tick(1, str(uuid.uuid4()))
+    invalid = {**orjson.loads(good.to_bytes()), "event_id": str(uuid.uuid4()), "payload": {"n": "many"}}
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    for value in (orjson.dumps(invalid), good.to_bytes()):
+        await producer.send_and_wait(settings.topic(Stream.INCIDENTS), value, key=good.key)
+    await producer.stop()
+
+    seen: list[Delivery] = []
+
+    async def record(session: Any, deliveries: list[Delivery]) -> None:
+        seen.extend(deliveries)
+
+    engine = make_engine(settings)
+    producer = make_producer(settings)
+    await producer.start()
+    spec = ConsumerSpec(
+        name="audit", topics=[settings.topic(Stream.INCIDENTS)], batch_handler=record, accept_invalid=True
+    )
+    consumer = EventConsumer(spec, settings, make_sessionmaker(engine), producer)
+    await consumer.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        await eventually(lambda: _async(len(seen) == 2), what="both events delivered")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await consumer.stop()
+        await producer.stop()
+        await engine.dispose()
+    [bad] = [d for d in seen if d.payload is None]
+    assert str(bad.envelope.event_id) == invalid["event_id"]
+    assert bad.decode_error is not None and "invalid payload" in bad.decode_error and "n" in bad.decode_error
+    assert [d.decode_error for d in seen if d.payload is not None] == [None]
+    assert await read_topic(settings.kafka_bootstrap, settings.deadletter_topic) == [], "nothing dead-lettered"
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def test_save_positions_covers_duplicates_and_dead_letters_at_the_end_of_a_partition(
+    infra: TestInfra, make_database: Any, topic_prefix: str
+) -> None:
+    settings = await make_settings(infra, make_database, topic_prefix)
+    settings = settings.model_copy(update={"topic_partitions": 1})
+    topic = f"{topic_prefix}.single"
+    await ensure_topics(settings, [topic])
+    first = app.tick(1, str(uuid.uuid4()))
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    for value in (first.to_bytes(), first.to_bytes(), b"{not json"):  # applied, duplicate, dead letter
+        await producer.send_and_wait(topic, value, key=first.key)
+    await producer.stop()
+
+    saved: dict[tuple[str, int], int] = {}
+
+    async def save(session: Any, last: dict[tuple[str, int], int]) -> None:
+        saved.update(last)
+
+    async def nothing_stored() -> dict[tuple[str, int], int]:
+        return {}
+
+    engine = make_engine(settings)
+    producer = make_producer(settings)
+    await producer.start()
+    spec = ConsumerSpec(
+        name="positions", topics=[topic], handler=app.apply_tick, stored_positions=nothing_stored, save_positions=save
+    )
+    consumer = EventConsumer(spec, settings, make_sessionmaker(engine), producer)
+    await consumer.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        await eventually(lambda: _async(saved.get((topic, 0)) == 2), what="the last offset saved")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await consumer.stop()
+        await producer.stop()
+        await engine.dispose()
+    assert await applied_rows(settings) == [(first.event_id, 1)]

@@ -34,7 +34,7 @@ def test_envelope_round_trips_through_bytes() -> None:
     back = Envelope.from_bytes(env.to_bytes())
     assert back == env
     assert back.key == str(incident).encode()
-    assert back.event_type == "IncidentLogged" and back.schema_version == 1
+    assert back.event_type == "IncidentLogged" and back.schema_version == 2
 
 
 def test_occurred_at_is_normalised_to_utc_and_naive_times_are_refused() -> None:
@@ -105,3 +105,22 @@ def test_every_registered_event_names_its_stream() -> None:
     for name, model in registry.types().items():
         assert model.event_type == name
         assert model.stream in set(Stream)
+
+
+def test_incident_logged_v1_on_the_log_is_read_as_v2_without_a_reported_time() -> None:
+    from opsledger.events import registry
+
+    v2 = new_event(
+        logged(reported_at=datetime(2026, 11, 22, 11, 0, tzinfo=UTC)),
+        producer="intake",
+        actor="a",
+        incident_id=uuid.uuid4(),
+    )
+    v1_body = {k: v for k, v in v2.payload.items() if k != "reported_at"}
+    v1 = v2.model_copy(update={"schema_version": 1, "payload": v1_body})
+    read = registry.decode(v1)
+    assert isinstance(read, IncidentLogged) and read.schema_version == 2
+    assert read.reported_at is None and read.title == "disk full"
+    assert registry.decode(v2) == logged(reported_at=datetime(2026, 11, 22, 11, 0, tzinfo=UTC))
+    with pytest.raises(InvalidPayload, match="severity"):
+        registry.decode(v1.model_copy(update={"payload": {**v1_body, "severity": "catastrophic"}}))

@@ -7,16 +7,19 @@ import hmac
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request
+from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 
 from intake import errors, formats
-from intake.errors import JSONAnswer, Rejected
+from intake.errors import FieldError, JSONAnswer, Rejected
 from intake.ingest import ingest_alerts, ingest_report
-from intake.integrations import authenticate
+from intake.integrations import Integration, authenticate
 from opsledger.auth import bearer_token
+from opsledger.logs import current_correlation_id
 from opsledger.service import Runtime
 
 log = logging.getLogger(__name__)
@@ -29,11 +32,10 @@ def _runtime(request: Request) -> Runtime:
 
 
 def _correlation(request: Request) -> str:
-    # A caller-supplied request id ties our events to the caller's logs; bounded and clean.
-    given = request.headers.get("x-request-id", "")
-    if 0 < len(given) <= 200 and given.isprintable():
-        return given
-    return str(uuid.uuid4())
+    # The id the request's log lines carry and the answer's `x-correlation-id` header echoes (the
+    # caller's X-Correlation-ID / X-Request-ID when it sent a clean one), so a caller can find
+    # the events its request caused.
+    return current_correlation_id() or str(uuid.uuid4())
 
 
 async def _guard(
@@ -46,8 +48,14 @@ async def _guard(
         return await work()
     except Rejected as rejected:
         return render(rejected)
-    except (sa_exc.OperationalError, sa_exc.InterfaceError, OSError, TimeoutError) as exc:
-        # The database is unreachable: nothing was committed; the sender should retry.
+    except formats.Invalid as exc:
+        return render(Rejected(422, f"invalid request: {exc}", [FieldError(exc.field, exc.message)]))
+    except ValidationError as exc:
+        # A value passed the edge but not an event schema: still the input's fault, never a 500.
+        log.warning("input accepted at the edge failed an event schema: %s", exc)
+        return render(errors.invalid(exc))
+    except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, OSError, TimeoutError) as exc:
+        # The database is unreachable or its pool is exhausted: nothing was committed; retry.
         log.warning("database unavailable: %r", exc)
         return render(Rejected(503, "database unavailable, retry later", headers={"Retry-After": "1"}))
 
@@ -81,6 +89,9 @@ async def post_alertmanager(request: Request) -> JSONAnswer:
         integration = await authenticate(runtime, bearer_token(request), "alertmanager")
         raw = await errors.json_body(request)
         hook = errors.parse(formats.AlertmanagerWebhook, raw)
+        if hook.truncatedAlerts:
+            # Alertmanager's `max_alerts` cut the group: those alerts never reach us.
+            log.warning("%s webhook dropped %d alerts (max_alerts)", hook.source, hook.truncatedAlerts)
         signals = formats.alertmanager_signals(hook, raw, runtime.clock.now())
         results = await ingest_alerts(runtime, integration, signals, _correlation(request))
         incident_ids = list(dict.fromkeys(str(r.incident_id) for r in results if r.incident_id))
@@ -127,12 +138,18 @@ async def post_report(request: Request) -> JSONAnswer:
         settings = runtime.settings
         roles = (("admin", settings.admin_token), ("analyst", settings.analyst_token))
         role = next((r for r, t in roles if token and hmac.compare_digest(token.encode(), t.encode())), None)
-        who = f"role:{role}" if role is not None else (await authenticate(runtime, token, "generic")).actor
+        integration: Integration | None = None
+        if role is None:
+            integration = await authenticate(runtime, token, "generic")
+        who = f"role:{role}" if integration is None else integration.actor
         raw = await errors.json_body(request)
         body = errors.parse(formats.ReportIn, raw)
         report = formats.report_of(body, raw, runtime.clock.now(), authenticated=who)
-        actor = f"person:{report.reporter.email}" if report.reporter and report.reporter.email else who
-        incident_id = await ingest_report(runtime, report, actor, _correlation(request))
+        if integration is not None:
+            report = replace(report, integration_id=str(integration.integration_id), integration_name=integration.name)
+        # The actor is who authenticated; the reporter named in the body is a claim, kept as such
+        # in the payload (anyone with a key could otherwise write events as any person).
+        incident_id = await ingest_report(runtime, report, who, _correlation(request))
         return JSONAnswer({"status": "logged", "incident_id": str(incident_id)}, status_code=201)
 
     return await _guard(request, errors.standard, work)

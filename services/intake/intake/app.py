@@ -1,9 +1,11 @@
 """The intake service's FastAPI app."""
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from intake import api, integrations
 from intake.handlers import CLOSING_EVENTS, on_incident_event
@@ -34,7 +36,7 @@ def build(settings: Settings | None = None, clock: Clock | None = None) -> FastA
         if settings.bootstrap_integration_key:
             await integrations.bootstrap(runtime, settings.bootstrap_integration_key)
 
-    return create_app(
+    app = create_app(
         settings,
         title="OpsLedger intake",
         migrations_dir=MIGRATIONS,
@@ -43,3 +45,27 @@ def build(settings: Settings | None = None, clock: Clock | None = None) -> FastA
         on_ready=on_ready,
         clock=clock,
     )
+    app.add_middleware(CanonicalPath)
+    return app
+
+
+_SLASHES = re.compile(r"/{2,}")
+
+
+class CanonicalPath:
+    """Route `//v2/enqueue` and `/v2/enqueue/` as `/v2/enqueue`. Client libraries join a configured
+    base URL and a path as strings (go-pagerduty: `endpoint + "/v2/enqueue"`), so a base URL with a
+    trailing slash doubles it; and PagerDuty's clients do not follow the redirect Starlette would
+    answer a trailing slash with. A 404 there would lose the alert."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            canonical = _SLASHES.sub("/", path)
+            canonical = canonical.rstrip("/") or "/"
+            if canonical != path:
+                scope = {**scope, "path": canonical, "raw_path": canonical.encode()}
+        await self.app(scope, receive, send)

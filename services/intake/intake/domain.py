@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from opsledger.bus.topics import MAX_EVENT_BYTES
 from opsledger.events.common import Link, Person, Severity
 from opsledger.events.intake import (
     AlertAcknowledged,
@@ -239,14 +240,20 @@ class Report:
     labels: Mapping[str, str] = field(default_factory=dict)
     links: tuple[Link, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=dict)
+    integration_id: str | None = None  # when posted with an integration key
+    integration_name: str | None = None
+    reported_at: datetime | None = None  # when the reporter says it was reported (else: received)
 
 
 def report_logged(report: Report, *, incident_id: uuid.UUID, received_at: datetime) -> IncidentLogged:
     """A report always opens its own incident (people are not de-duplicated: triage may merge)."""
     return IncidentLogged(
         source="manual",
+        integration_id=report.integration_id,
+        integration_name=report.integration_name,
         reporter=report.reporter,
         occurred_at=report.occurred_at,
+        reported_at=report.reported_at or received_at,
         received_at=received_at,
         title=report.title,
         description=report.description,
@@ -261,3 +268,26 @@ def report_logged(report: Report, *, incident_id: uuid.UUID, received_at: dateti
         links=list(report.links),
         raw=dict(report.raw),
     )
+
+
+# The outbox refuses an event larger than a stream takes (opsledger.bus.topics.MAX_EVENT_BYTES).
+# The envelope around a payload is bounded (ids, times, actor, subject, correlation id: < 2 kB).
+MAX_PAYLOAD_BYTES = MAX_EVENT_BYTES - 8_000
+
+
+def payload_size(payload: Mapping[str, Any]) -> int:
+    return len(orjson.dumps(payload))
+
+
+def fit_for_log(payload: dict[str, Any], limit: int = MAX_PAYLOAD_BYTES) -> dict[str, Any] | None:
+    """The (JSON) payload as it can go on the log: unchanged if it fits; without its raw body (a
+    marker says so and how large it was) if that is what makes it too large; None if even that
+    does not fit (the request must be refused)."""
+    size = payload_size(payload)
+    if size <= limit:
+        return payload
+    if "raw" not in payload:
+        return None
+    omitted = {"omitted": "the raw body made the event too large for the log", "bytes": payload_size(payload["raw"])}
+    slim = {**payload, "raw": omitted}
+    return slim if payload_size(slim) <= limit else None

@@ -32,12 +32,18 @@ class Rejected(Exception):
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
+    # pydantic marks a bad dict key as (..., "<key>", "[key]"): say "labels.<key> (the key)".
+    if len(loc) >= 2 and loc[-1] == "[key]":
+        return f"{_path(loc[:-1])} (the key)"
     return ".".join(str(part) for part in loc) or "body"
 
 
 def field_errors(exc: ValidationError) -> list[FieldError]:
     # Never echo the input back: it may be large or hold secrets.
-    return [FieldError(_path(e["loc"]), e["msg"]) for e in exc.errors(include_url=False, include_input=False)]
+    return [
+        FieldError(_path(e["loc"]), e["msg"].removeprefix("Value error, "))
+        for e in exc.errors(include_url=False, include_input=False)
+    ]
 
 
 def invalid(exc: ValidationError) -> Rejected:
@@ -51,8 +57,31 @@ def is_json(content_type: str | None) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
+# Deeper nesting has no use in an alert, and pydantic refuses to serialize past ~255 levels (the raw
+# body is kept on the event), so it is refused here rather than failing half-way as a 500.
+MAX_DEPTH = 64
+
+
+def depth_exceeds(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether a parsed JSON value nests objects/arrays more than `limit` levels (iterative)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 async def json_body(request: Request) -> dict[str, Any]:
-    """The request's JSON object, or a 415 (not JSON) / 400 (malformed) / 422 (not an object)."""
+    """The request's JSON object, or a 415 (not JSON) / 400 (malformed or nested too deep) / 422
+    (not an object)."""
     if not is_json(request.headers.get("content-type")):
         raise Rejected(
             415,
@@ -60,12 +89,17 @@ async def json_body(request: Request) -> dict[str, Any]:
             [FieldError("content-type", "expected application/json")],
         )
     raw = await request.body()
+    # RFC 8259 lets a parser ignore a UTF-8 byte order mark; Windows tools write one.
+    raw = raw.removeprefix(b"\xef\xbb\xbf")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise Rejected(400, f"body: malformed JSON: {exc}", [FieldError("body", f"malformed JSON: {exc}")]) from None
     if not isinstance(body, dict):
         raise Rejected(422, "body: expected a JSON object", [FieldError("body", "expected a JSON object")])
+    if depth_exceeds(body):
+        message = f"nested deeper than {MAX_DEPTH} levels"
+        raise Rejected(400, f"body: {message}", [FieldError("body", message)])
     return body
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from intake import severity
 from intake.domain import AlertSignal, Report, SignalKind, stable_key
@@ -17,7 +17,22 @@ from opsledger.events.intake import BusinessImpact
 
 MAX_LABELS = 64
 MAX_LINKS = 50
-MAX_ALERTS_PER_WEBHOOK = 1000
+# The 1 MiB body limit is the real bound; this only keeps one transaction's row locks in reason.
+MAX_ALERTS_PER_WEBHOOK = 5000
+MAX_TITLE = 1024
+MAX_DESCRIPTION = 64 * 1024
+# A person's clock may run a little ahead of ours; more than this is a typo, not skew.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+class Invalid(ValueError):
+    """A rule across fields or against the clock, checked after parsing; names the field at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"field '{field}': {message}")
+        self.field = field
+        self.message = message
+
 
 # C0 controls other than tab/newline/CR, DEL and C1 controls: never meaningful in an alert, and
 # NUL cannot be stored in a PostgreSQL text column.
@@ -37,6 +52,32 @@ def _multiline(value: str) -> str:
     return value
 
 
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+_RUN_OF_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+def one_line(value: str | None, limit: int) -> str | None:
+    """A foreign format's free text as a clean single line of at most `limit` characters (titles
+    come from annotations and templates that may span lines; refusing them would drop the alert)."""
+    if value is None:
+        return None
+    line = _RUN_OF_CONTROLS.sub(" ", value).strip()
+    return line[:limit] or None
+
+
+def safe_link(href: str | None, text: str | None) -> Link | None:
+    """A link fit for the event, or None: a foreign format's URL that is too long or not a single
+    line stays only in the raw body (one odd URL must not cost the whole webhook)."""
+    if not href or len(href) > 2048 or _CONTROL_LINE.search(href):
+        return None
+    return Link(href=href, text=one_line(text, 500))
+
+
 def _utc(value: datetime) -> datetime:
     try:
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -49,6 +90,9 @@ def _short(n: int) -> Any:
 
 
 Line = Annotated[str, _short(1024), AfterValidator(single_line)]
+Title = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_TITLE), AfterValidator(single_line), AfterValidator(_not_blank)
+]
 Name = Annotated[str, _short(255), AfterValidator(single_line)]
 Text = Annotated[str, _short(64 * 1024), AfterValidator(_multiline)]
 Url = Annotated[str, _short(2048), AfterValidator(single_line)]
@@ -95,38 +139,45 @@ def _checked_word(value: str | None) -> str | None:
 # --- Prometheus Alertmanager webhook (version 4) and Grafana's superset of it -------------------
 
 
+# Alertmanager drops a notification answered with a 4xx (it retries only 5xx), losing every alert
+# in the group. So the fields intake only passes through (URLs, group key, Grafana's rendered
+# title/message) take any string the 1 MiB body allows; what becomes part of the incident (labels,
+# annotations, fingerprint, status, times) is checked as strictly as in our own formats.
+Passthrough = str
+
+
 class AlertmanagerAlert(_Foreign):
     status: Literal["firing", "resolved"]
     labels: Labels
     annotations: Annotations = Field(default_factory=dict)
     startsAt: Timestamp | None = None
     endsAt: Timestamp | None = None
-    generatorURL: Url | None = None
+    generatorURL: Passthrough | None = None
     fingerprint: DedupKey | None = None
-    # Grafana-managed alerting adds these.
-    silenceURL: Url | None = None
-    dashboardURL: Url | None = None
-    panelURL: Url | None = None
-    imageURL: Url | None = None
-    valueString: Text | None = None
+    # Grafana-managed alerting adds these (and `values`, `embeddedImage`, `orgId`, `ruleUID`, kept raw).
+    silenceURL: Passthrough | None = None
+    dashboardURL: Passthrough | None = None
+    panelURL: Passthrough | None = None
+    imageURL: Passthrough | None = None
+    valueString: Passthrough | None = None
 
 
 class AlertmanagerWebhook(_Foreign):
-    version: Name | None = None
-    groupKey: Text | None = None
+    version: Passthrough | None = None
+    groupKey: Passthrough | None = None
     truncatedAlerts: int = Field(default=0, ge=0)
     status: Literal["firing", "resolved"] | None = None
-    receiver: Name | None = None
+    receiver: Passthrough | None = None
     groupLabels: Labels = Field(default_factory=dict)
     commonLabels: Labels = Field(default_factory=dict)
     commonAnnotations: Annotations = Field(default_factory=dict)
-    externalURL: Url | None = None
+    externalURL: Passthrough | None = None
     alerts: list[AlertmanagerAlert] = Field(min_length=1, max_length=MAX_ALERTS_PER_WEBHOOK)
     # Grafana-managed alerting adds these.
     orgId: int | None = None
-    title: Line | None = None
-    state: Name | None = None
-    message: Text | None = None
+    title: Passthrough | None = None
+    state: Passthrough | None = None
+    message: Passthrough | None = None
 
     @property
     def source(self) -> str:
@@ -134,7 +185,11 @@ class AlertmanagerWebhook(_Foreign):
 
 
 def _first(*values: str | None) -> str | None:
-    return next((v for v in values if v), None)
+    return next((v for v in values if v and v.strip()), None)
+
+
+def _clip(value: str | None, limit: int = MAX_DESCRIPTION) -> str | None:
+    return value[:limit] if value is not None else None
 
 
 def alertmanager_signals(hook: AlertmanagerWebhook, raw: dict[str, Any], now: datetime) -> list[AlertSignal]:
@@ -147,24 +202,25 @@ def alertmanager_signals(hook: AlertmanagerWebhook, raw: dict[str, Any], now: da
         word = _first(labels.get("severity"), labels.get("priority"))
         resolved = alert.status == "resolved"
         ended = alert.endsAt if alert.endsAt is not None and alert.endsAt.year > 1 else None
-        links = [
-            Link(href=url, text=text)
+        found = (
+            safe_link(url, text)
             for url, text in (
                 (alert.generatorURL, "source"),
                 (notes.get("runbook_url"), "runbook"),
                 (alert.dashboardURL, "dashboard"),
                 (alert.panelURL, "panel"),
                 (alert.silenceURL, "silence"),
+                (alert.imageURL, "image"),
             )
-            if url
-        ]
+        )
+        links = [link for link in found if link is not None]
         signals.append(
             AlertSignal(
                 kind=SignalKind.RESOLVE if resolved else SignalKind.TRIGGER,
                 source=hook.source,
                 dedup_key=alert.fingerprint or stable_key(hook.source, labels),
-                title=_first(notes.get("summary"), labels.get("alertname"), hook.title) or "alert",
-                description=_first(notes.get("description"), notes.get("message"), alert.valueString),
+                title=one_line(_first(notes.get("summary"), labels.get("alertname"), hook.title), MAX_TITLE) or "alert",
+                description=_clip(_first(notes.get("description"), notes.get("message"), alert.valueString)),
                 severity=severity.from_label(word),
                 source_severity=word,
                 occurred_at=(ended or now) if resolved else (alert.startsAt or now),
@@ -214,20 +270,29 @@ class PagerDutyImage(_Foreign):
 class PagerDutyEvent(_Foreign):
     routing_key: Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(single_line)]
     event_action: Literal["trigger", "acknowledge", "resolve"]
-    dedup_key: DedupKey | None = None
-    payload: PagerDutyPayload | None = None
+    # validate_default: the rules by action below also run when the field is absent.
+    dedup_key: DedupKey | None = Field(default=None, validate_default=True)
+    payload: PagerDutyPayload | None = Field(default=None, validate_default=True)
     links: list[PagerDutyLink] = Field(default_factory=list, max_length=MAX_LINKS)
     images: list[PagerDutyImage] = Field(default_factory=list, max_length=MAX_LINKS)
     client: Line | None = None
     client_url: Url | None = None
 
-    @model_validator(mode="after")
-    def _required_by_action(self) -> PagerDutyEvent:
-        if self.event_action == "trigger" and self.payload is None:
-            raise ValueError("'payload' is required for event_action trigger")
-        if self.event_action != "trigger" and not self.dedup_key:
-            raise ValueError(f"'dedup_key' is required for event_action {self.event_action}")
-        return self
+    # Field validators (not a model validator) so the error names the field, as PagerDuty's does.
+    @field_validator("dedup_key")
+    @classmethod
+    def _dedup_key_by_action(cls, value: str | None, info: ValidationInfo) -> str | None:
+        action = info.data.get("event_action")
+        if action in ("acknowledge", "resolve") and not value:
+            raise ValueError(f"is required for event_action {action}")
+        return value
+
+    @field_validator("payload")
+    @classmethod
+    def _payload_by_action(cls, value: PagerDutyPayload | None, info: ValidationInfo) -> PagerDutyPayload | None:
+        if info.data.get("event_action") == "trigger" and value is None:
+            raise ValueError("is required for event_action trigger")
+        return value
 
 
 def pagerduty_signal(event: PagerDutyEvent, raw: dict[str, Any], now: datetime) -> AlertSignal:
@@ -262,7 +327,7 @@ def pagerduty_signal(event: PagerDutyEvent, raw: dict[str, Any], now: datetime) 
     }
     links = [Link(href=link.href, text=link.text) for link in event.links]
     if event.client_url:
-        links.append(Link(href=event.client_url, text=(event.client or "client")[:500]))
+        links.append(Link(href=event.client_url, text=one_line(event.client, 500) or "client"))
     return AlertSignal(
         kind=kind,
         source="pagerduty",
@@ -284,7 +349,7 @@ def pagerduty_signal(event: PagerDutyEvent, raw: dict[str, Any], now: datetime) 
 
 
 class GenericAlert(_Edge):
-    title: Annotated[str, StringConstraints(min_length=1, max_length=1024), AfterValidator(single_line)]
+    title: Title
     status: Literal["firing", "resolved"] = "firing"
     dedup_key: DedupKey | None = None
     description: Text | None = None
@@ -350,7 +415,7 @@ class ImpactIn(_Edge):
 
 
 class ReportIn(_Edge):
-    title: Annotated[str, StringConstraints(min_length=1, max_length=1024), AfterValidator(single_line)]
+    title: Title
     description: Text | None = None
     reporter: ReporterIn | None = None
     service: Name | None = None
@@ -374,10 +439,16 @@ IMPACT_SEVERITY = {ImpactLevel.HIGH: "high", ImpactLevel.MEDIUM: "medium", Impac
 
 
 def report_of(body: ReportIn, raw: dict[str, Any], now: datetime, authenticated: str) -> Report:
-    """The report; without a named reporter, the authenticated caller is the reporter."""
+    """The report; without a named reporter, the authenticated caller is the reporter. Raises
+    `Invalid` for times that cannot be true (in the future, or started after it was reported)."""
+    for name, at in (("started_at", body.started_at), ("reported_at", body.reported_at)):
+        if at is not None and at > now + CLOCK_SKEW:
+            raise Invalid(name, f"is in the future ({at.isoformat()}; now is {now.isoformat()})")
+    if body.started_at and body.reported_at and body.started_at > body.reported_at:
+        raise Invalid("started_at", "is after reported_at: an incident is reported after it started")
     reporter = Person(name=body.reporter.name, email=body.reporter.email) if body.reporter else None
     if reporter is None or (reporter.name is None and reporter.email is None):
-        reporter = Person(name=authenticated)
+        reporter = Person(name=authenticated[:200])
     impact = (
         BusinessImpact(text=body.business_impact.text, level=body.business_impact.level)
         if body.business_impact
@@ -395,6 +466,7 @@ def report_of(body: ReportIn, raw: dict[str, Any], now: datetime, authenticated:
         severity=severity.from_word(word),
         source_severity=body.severity,
         occurred_at=body.started_at or body.reported_at or now,
+        reported_at=body.reported_at,
         labels=body.labels,
         links=tuple(link.link() for link in body.links),
         raw=raw,

@@ -4,14 +4,16 @@ with its events in one transaction. Returning means the events are durable in th
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
 from intake import store
-from intake.domain import Action, AlertSignal, FlapPolicy, Report, decide, report_logged
+from intake.admission import admission
+from intake.domain import MAX_PAYLOAD_BYTES, Action, AlertSignal, FlapPolicy, Report, decide, fit_for_log, report_logged
+from intake.errors import FieldError, Rejected
 from intake.integrations import PRODUCER, Integration
 from intake.settings import Settings
-from opsledger.events import Envelope, new_event
+from opsledger.events import Envelope, EventPayload, new_event
 from opsledger.service import Runtime
 
 
@@ -45,7 +47,7 @@ async def ingest_alerts(
     results: list[Result] = []
     envelopes: list[Envelope] = []
     opened: list[dict[str, object]] = []
-    async with runtime.sessionmaker() as session, session.begin():
+    async with admission(runtime).slot(), runtime.sessionmaker() as session, session.begin():
         states = await store.lock_states(session, scope, [s.dedup_key for s in signals])
         before = dict(states)
         for signal in signals:
@@ -53,13 +55,12 @@ async def ingest_alerts(
             outcome = decide(states[signal.dedup_key], signal, now=now, policy=policy, new_incident_id=uuid.uuid4())
             states[signal.dedup_key] = outcome.state
             envelopes.extend(
-                new_event(
+                _event(
                     payload,
-                    producer=PRODUCER,
                     actor=integration.actor,
                     incident_id=outcome.incident_id,
                     correlation_id=correlation_id,
-                    occurred_at=now,
+                    now=now,
                 )
                 for payload in outcome.events
             )
@@ -82,9 +83,22 @@ async def ingest_alerts(
     return results
 
 
-def _with_integration(signal: AlertSignal, integration: Integration) -> AlertSignal:
-    from dataclasses import replace
+def _event(
+    payload: EventPayload, *, actor: str, incident_id: uuid.UUID | None, correlation_id: str, now: datetime
+) -> Envelope:
+    """The event, sized for the log (see `fit_for_log`); raises 413 if it cannot be (the
+    transaction then rolls back: nothing of the request is kept)."""
+    envelope = new_event(
+        payload, producer=PRODUCER, actor=actor, incident_id=incident_id, correlation_id=correlation_id, occurred_at=now
+    )
+    fitted = fit_for_log(envelope.payload)
+    if fitted is None:
+        message = f"the alert would make an event over {MAX_PAYLOAD_BYTES} bytes even without its raw copy"
+        raise Rejected(413, f"body: {message}", [FieldError("body", message)])
+    return envelope if fitted is envelope.payload else envelope.model_copy(update={"payload": fitted})
 
+
+def _with_integration(signal: AlertSignal, integration: Integration) -> AlertSignal:
     return replace(signal, integration_id=str(integration.integration_id), integration_name=integration.name)
 
 
@@ -93,10 +107,8 @@ async def ingest_report(runtime: Runtime, report: Report, actor: str, correlatio
     incident_id = uuid.uuid4()
     now = runtime.clock.now()
     payload = report_logged(report, incident_id=incident_id, received_at=now)
-    envelope = new_event(
-        payload, producer=PRODUCER, actor=actor, incident_id=incident_id, correlation_id=correlation_id, occurred_at=now
-    )
-    async with runtime.sessionmaker() as session, session.begin():
+    envelope = _event(payload, actor=actor, incident_id=incident_id, correlation_id=correlation_id, now=now)
+    async with admission(runtime).slot(), runtime.sessionmaker() as session, session.begin():
         await store.record_incidents(
             session,
             [

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from intake.admission import admission
 from intake.errors import FieldError, Rejected
 from intake.formats import single_line
 from intake.store import integrations as table
@@ -95,7 +96,7 @@ async def lookup(runtime: Runtime, key: str) -> Integration | None:
     found = cache.get(key_hash)
     if found is not None:
         return found
-    async with runtime.engine.connect() as conn:
+    async with admission(runtime).slot(), runtime.engine.connect() as conn:
         row = (
             await conn.execute(
                 sa.select(table.c.integration_id, table.c.name, table.c.kind, table.c.disabled_at).where(

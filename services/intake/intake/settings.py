@@ -18,3 +18,9 @@ class Settings(ServiceSettings):
     # Integration keys are looked up once per this many seconds per process (a disabled key is
     # refused at once by the replica that disabled it, by the others within this time).
     integration_cache_seconds: float = Field(default=5.0, ge=0)
+    # Load shedding: at most `max_in_flight` write requests use database connections at a time
+    # (default: the pool and its overflow, less four for the relay, consumer and /readyz); at most
+    # `max_waiting` more wait, each up to `max_wait_seconds`. Anything beyond gets 503 + Retry-After.
+    max_in_flight: int | None = Field(default=None, ge=1)
+    max_waiting: int = Field(default=256, ge=0)
+    max_wait_seconds: float = Field(default=2.0, gt=0)

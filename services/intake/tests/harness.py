@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
 
 from intake.app import build
 from intake.settings import Settings
 from opsledger.events import Envelope, Stream
+from opsledger.service import Runtime
 from opsledger.testing import TestInfra, read_topic, running_app
 
 ADMIN = {"Authorization": "Bearer dev-admin-token"}
@@ -22,6 +24,22 @@ class Intake:
     client: httpx.AsyncClient
     settings: Settings
     key: str  # an integration key of kind "any"
+    app: FastAPI
+
+    @property
+    def runtime(self) -> Runtime:
+        runtime: Runtime = self.app.state.runtime
+        return runtime
+
+    async def new_key(self, name: str, kind: str = "any", disabled: bool = False) -> str:
+        """A further integration's key (disabled at once if asked)."""
+        created = await self.client.post("/v1/integrations", json={"name": name, "kind": kind}, headers=ADMIN)
+        assert created.status_code == 201, created.text
+        if disabled:
+            gone = await self.client.delete(f"/v1/integrations/{created.json()['integration_id']}", headers=ADMIN)
+            assert gone.status_code == 200, gone.text
+        key: str = created.json()["key"]
+        return key
 
     @property
     def auth(self) -> dict[str, str]:
@@ -58,7 +76,8 @@ async def make_settings(infra: TestInfra, make_database: Callable[..., Any], pre
 
 @contextlib.asynccontextmanager
 async def intake(settings: Settings) -> AsyncIterator[Intake]:
-    async with running_app(build(settings)) as client:
+    app = build(settings)
+    async with running_app(app) as client:
         created = await client.post("/v1/integrations", json={"name": "test"}, headers=ADMIN)
         assert created.status_code == 201, created.text
-        yield Intake(client, settings, created.json()["key"])
+        yield Intake(client, settings, created.json()["key"], app)

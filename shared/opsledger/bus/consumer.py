@@ -17,23 +17,36 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from opsledger import metrics
 from opsledger.bus import inbox
+from opsledger.bus.deadletter import DeadLetter, send_dead_letters
 from opsledger.bus.outbox import Outbox
 from opsledger.events.envelope import Envelope
-from opsledger.events.registry import EventPayload, UnknownEventType, UnsupportedSchemaVersion, registry
+from opsledger.events.registry import (
+    EventPayload,
+    InvalidPayload,
+    UnknownEventType,
+    UnsupportedSchemaVersion,
+    registry,
+)
 from opsledger.logs import log_context
 from opsledger.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
+# How a Delivery's decode_error begins, by cause.
+UNKNOWN_EVENT = "unknown event"
+INVALID_PAYLOAD = "invalid payload"
+
 
 @dataclass
 class Delivery:
-    """One consumed event with where it stands in the log. `payload` is None for an unknown type
-    or a newer schema version (delivered only to consumers that set accept_unknown)."""
+    """One consumed event with where it stands in the log. `payload` is None, and `decode_error`
+    says why, for an unknown type or a newer schema version (delivered only to consumers that set
+    accept_unknown) or a payload that does not match its schema (only with accept_invalid)."""
 
     record: ConsumerRecord
     envelope: Envelope
     payload: EventPayload | None
+    decode_error: str | None = None
 
     @property
     def position(self) -> tuple[str, int, int]:
@@ -46,6 +59,8 @@ Handler = Callable[[AsyncSession, Envelope, EventPayload | None], Awaitable[None
 BatchHandler = Callable[[AsyncSession, list[Delivery]], Awaitable[None]]
 # Positions a consumer applied last, read from its own tables: {(topic, partition): offset}.
 StoredPositions = Callable[[], Awaitable[dict[tuple[str, int], int]]]
+# Writes such positions into its own tables, in the transaction of the batch they close.
+SavePositions = Callable[[AsyncSession, dict[tuple[str, int], int]], Awaitable[None]]
 
 
 @dataclass
@@ -58,11 +73,15 @@ class ConsumerSpec:
     batch_handler: BatchHandler | None = None
     event_types: set[str] | None = None  # None: every type; else others are skipped cheaply
     accept_unknown: bool = False
+    accept_invalid: bool = False  # e.g. an audit trail that must hold every event on the log
     group_id: str | None = None
     auto_offset_reset: str = "earliest"
     # When set, the consumer resumes after these positions instead of the group's committed
     # offsets (a read model that stores its position in the same transaction as its rows).
     stored_positions: StoredPositions | None = None
+    # Called with the last offset per partition of every batch, whatever became of each record
+    # (applied, duplicate, skipped or dead-lettered), so stored positions never lag behind.
+    save_positions: SavePositions | None = None
 
     def __post_init__(self) -> None:
         if (self.handler is None) == (self.batch_handler is None):
@@ -88,18 +107,19 @@ class _ResumeFromStoredPositions(ConsumerRebalanceListener):  # type: ignore[mis
     async def on_partitions_assigned(self, assigned: Any) -> None:
         spec, consumer = self.owner.spec, self.owner.consumer
         assert spec.stored_positions is not None and consumer is not None
-        positions = await spec.stored_positions()
-        for tp in assigned:
-            if (tp.topic, tp.partition) in positions:
-                consumer.seek(tp, positions[(tp.topic, tp.partition)] + 1)
-            else:
-                await consumer.seek_to_beginning(tp)
-
-
-@dataclass
-class _Poison:
-    record: ConsumerRecord
-    error: str
+        # aiokafka starts fetching a new assignment from the group's offsets before this listener
+        # is done: paused partitions are neither fetched nor returned until the seek is made.
+        consumer.pause(*assigned)
+        try:
+            positions = await spec.stored_positions()
+            for tp in assigned:
+                if (tp.topic, tp.partition) in positions:
+                    consumer.seek(tp, positions[(tp.topic, tp.partition)] + 1)
+                else:
+                    await consumer.seek_to_beginning(tp)
+        finally:
+            # On failure the group's offsets are the fallback (the inbox absorbs what repeats).
+            consumer.resume(*assigned)
 
 
 @dataclass
@@ -107,7 +127,7 @@ class BatchResult:
     applied: int = 0
     duplicates: int = 0
     skipped: int = 0
-    deadlettered: list[_Poison] = field(default_factory=list)
+    deadlettered: list[DeadLetter] = field(default_factory=list)
 
 
 class EventConsumer:
@@ -173,18 +193,19 @@ class EventConsumer:
         """Apply one batch: DB transaction (state + inbox + outbox), DLQ, then offset commit."""
         started = time.perf_counter()
         decoded, result = self._decode(records)
+        last: dict[tuple[str, int], int] = {}
+        for r in records:
+            last[(r.topic, r.partition)] = max(r.offset, last.get((r.topic, r.partition), -1))
         try:
-            await self._apply(decoded, result, careful=False)
+            await self._apply(decoded, result, last, careful=False)
         except Exception:
             # Something in the batch failed: redo it event by event, each in a savepoint, so one
             # poison event costs only itself.
             result = BatchResult(deadlettered=result.deadlettered)
-            await self._apply(decoded, result, careful=True)
+            await self._apply(decoded, result, last, careful=True)
         if self.outbox is not None:
             self.outbox.wake()
-        offsets = {}
-        for r in records:
-            offsets[TopicPartition(r.topic, r.partition)] = r.offset + 1
+        offsets = {TopicPartition(topic, partition): offset + 1 for (topic, partition), offset in last.items()}
         assert self.consumer is not None
         await self.consumer.commit(offsets)
         name, service = self.spec.name, self.settings.service_name
@@ -201,26 +222,41 @@ class EventConsumer:
             try:
                 envelope = Envelope.from_bytes(record.value)
             except Exception as exc:  # not JSON, or not an envelope
-                result.deadlettered.append(_Poison(record, f"malformed envelope: {exc}"))
+                result.deadlettered.append(self._letter(record, f"malformed envelope: {exc}"))
                 continue
             if self.spec.event_types is not None and envelope.event_type not in self.spec.event_types:
                 result.skipped += 1
                 continue
             try:
-                payload: EventPayload | None = registry.decode(envelope)
-            except (UnknownEventType, UnsupportedSchemaVersion) as exc:
-                if not self.spec.accept_unknown:
-                    # Parked, not dropped: after an upgrade it can be replayed from the DLQ.
-                    result.deadlettered.append(_Poison(record, f"unknown event: {type(exc).__name__}: {exc}"))
-                    continue
-                payload = None
-            except Exception as exc:
-                result.deadlettered.append(_Poison(record, f"invalid payload: {exc}"))
+                decoded.append(Delivery(record, envelope, registry.decode(envelope)))
                 continue
-            decoded.append(Delivery(record, envelope, payload))
+            except (UnknownEventType, UnsupportedSchemaVersion) as exc:
+                error, accepted = f"{UNKNOWN_EVENT}: {type(exc).__name__}: {exc}", self.spec.accept_unknown
+            except InvalidPayload as exc:
+                error, accepted = f"{INVALID_PAYLOAD}: {exc}", self.spec.accept_invalid
+            except Exception as exc:
+                error, accepted = f"{INVALID_PAYLOAD}: {type(exc).__name__}: {exc}", self.spec.accept_invalid
+            if accepted:
+                decoded.append(Delivery(record, envelope, None, decode_error=error))
+            else:
+                # Parked, not dropped: after an upgrade it can be replayed from the DLQ.
+                result.deadlettered.append(self._letter(record, error))
         return decoded, result
 
-    async def _apply(self, decoded: list[Delivery], result: BatchResult, careful: bool) -> None:
+    def _letter(self, record: ConsumerRecord, error: str) -> DeadLetter:
+        where = f"{record.topic}:{record.partition}@{record.offset}"
+        log.error("consumer %s: dead-lettering %s: %s", self.spec.name, where, error)
+        origin = {
+            "source.topic": record.topic,
+            "source.partition": str(record.partition),
+            "source.offset": str(record.offset),
+            "consumer": self.group_id,
+        }
+        return DeadLetter(record.value, record.key or b"", error, origin)
+
+    async def _apply(
+        self, decoded: list[Delivery], result: BatchResult, last: dict[tuple[str, int], int], careful: bool
+    ) -> None:
         async with self.sessionmaker() as session:
             async with session.begin():
                 fresh = await inbox.claim(session, self.spec.name, [d.envelope.event_id for d in decoded])
@@ -241,10 +277,13 @@ class EventConsumer:
                         if (error := await self._apply_with_retries(session, item)) is None:
                             result.applied += 1
                         else:
-                            result.deadlettered.append(_Poison(item.record, error))
+                            result.deadlettered.append(self._letter(item.record, error))
                 # Dead letters are on the broker before the transaction (and its inbox rows) commit:
                 # a crash in between re-sends a dead letter, it never drops one.
-                await self._send_dead_letters(result.deadlettered)
+                await send_dead_letters(self.producer, self.settings, result.deadlettered, self.spec.name)
+                result.deadlettered.clear()
+                if self.spec.save_positions is not None:
+                    await self.spec.save_positions(session, last)
 
     async def _apply_with_retries(self, session: AsyncSession, item: Delivery) -> str | None:
         """Apply one event in a savepoint, retrying with bounded backoff; the last error or None."""
@@ -269,29 +308,6 @@ class EventConsumer:
                     delay = min(delay * 4, 2.0)
         return error
 
-    async def _send_dead_letters(self, poison: list[_Poison]) -> None:
-        if not poison:
-            return
-        futures = []
-        for p in poison:
-            r = p.record
-            headers = [
-                ("error", p.error[:4000].encode()),
-                ("source.topic", r.topic.encode()),
-                ("source.partition", str(r.partition).encode()),
-                ("source.offset", str(r.offset).encode()),
-                ("consumer", self.group_id.encode()),
-            ]
-            futures.append(
-                await self.producer.send(self.settings.deadletter_topic, r.value, key=r.key or b"", headers=headers)
-            )
-            log.error(
-                "consumer %s: dead-lettered %s:%d@%d: %s", self.spec.name, r.topic, r.partition, r.offset, p.error
-            )
-        await asyncio.gather(*futures)
-        metrics.DEADLETTERED.labels(self.settings.service_name, self.spec.name).inc(len(poison))
-        poison.clear()
-
     def _report_lag(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         assert self.consumer is not None
         for tp, recs in batches.items():
@@ -300,8 +316,3 @@ class EventConsumer:
                 metrics.CONSUMER_LAG.labels(
                     self.settings.service_name, self.spec.name, tp.topic, str(tp.partition)
                 ).set(max(high - recs[-1].offset - 1, 0))
-
-
-def dead_letter_error(headers: Sequence[tuple[str, bytes]]) -> str | None:
-    """The error recorded on a dead-lettered message (for tools and tests)."""
-    return next((v.decode() for k, v in headers if k == "error"), None)

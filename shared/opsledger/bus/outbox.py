@@ -1,6 +1,7 @@
 """Transactional outbox: events are written in the same DB transaction as the state they explain,
 and a relay publishes them to Kafka in insertion order. A crash repeats a publish (the consumer's
-inbox absorbs the duplicate) but never loses one."""
+inbox absorbs the duplicate) but never loses one. An event too large for its stream goes to the
+dead-letter topic instead of holding back every event behind it."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from opsledger import metrics
+from opsledger.bus.deadletter import DeadLetter, send_dead_letters
+from opsledger.bus.producer import Message, send_all
+from opsledger.bus.topics import MAX_EVENT_BYTES
 from opsledger.db import outbox_table
 from opsledger.events.envelope import Envelope
 from opsledger.events.registry import registry
@@ -27,6 +31,11 @@ log = logging.getLogger(__name__)
 # One relay per database publishes at a time, so a second replica cannot interleave (and so
 # reorder) one incident's events. Transaction-scoped: released on commit, rollback or crash.
 RELAY_LOCK_ID = zlib.crc32(b"opsledger.outbox.relay")
+
+
+class EventTooLarge(ValueError):
+    """An event larger than a stream takes: refused when staged, so the caller's transaction
+    rolls back instead of committing an event that could never be published."""
 
 
 class Outbox:
@@ -42,9 +51,12 @@ class Outbox:
         is what makes re-deriving an event (same deterministic id) harmless."""
         if not envelopes:
             return
-        rows = [
-            {"event_id": e.event_id, "topic": self.topic_for(e), "key": e.key, "value": e.to_bytes()} for e in envelopes
-        ]
+        rows = []
+        for e in envelopes:
+            value = e.to_bytes()
+            if len(value) > MAX_EVENT_BYTES:
+                raise EventTooLarge(f"{e.event_type} {e.event_id}: {len(value)} bytes, over {MAX_EVENT_BYTES}")
+            rows.append({"event_id": e.event_id, "topic": self.topic_for(e), "key": e.key, "value": value})
         await session.execute(pg_insert(outbox_table).on_conflict_do_nothing(index_elements=["event_id"]), rows)
 
     def wake(self) -> None:
@@ -109,9 +121,23 @@ class OutboxRelay:
             return len(rows)
 
     async def _publish(self, rows: Sequence[Any]) -> None:
-        # Queue the whole batch, then await the acks together (one round of waiting).
-        futures = [await self.producer.send(r.topic, r.value, key=r.key) for r in rows]
-        await asyncio.gather(*futures)
+        """Publish `rows` (each on its topic, or on the dead-letter topic if too large for it);
+        raises, so that nothing is marked sent, unless every one was acknowledged."""
+        fit = [r for r in rows if len(r.value) <= MAX_EVENT_BYTES]
+        # Only rows staged before Outbox.add checked sizes can be too large. They are never sent to
+        # their stream: a refused message breaks the idempotent producer's sequence (see producer).
+        oversized = [
+            DeadLetter(r.value, r.key, f"{len(r.value)} bytes, over the {MAX_EVENT_BYTES} a stream takes",
+                       {"source.topic": r.topic})
+            for r in rows
+            if len(r.value) > MAX_EVENT_BYTES
+        ]  # fmt: skip
+        for letter in oversized:
+            log.error("outbox relay: an event of %s goes to the dead-letter topic", letter.error)
+        await asyncio.gather(
+            send_all(self.producer, [Message(r.topic, r.value, r.key) for r in fit]),
+            send_dead_letters(self.producer, self.settings, oversized, "outbox-relay"),
+        )
 
     async def _mark_sent(self, session: AsyncSession, ids: list[int]) -> None:
         await session.execute(sa.update(outbox_table).where(outbox_table.c.id.in_(ids)).values(sent_at=sa.func.now()))

@@ -1,4 +1,5 @@
-"""Topic provisioning: every stream is kept forever (the log is the source of truth)."""
+"""Topic provisioning: every stream is kept forever (the log is the source of truth), and every
+topic states the largest message it takes instead of inheriting the broker's default."""
 
 from __future__ import annotations
 
@@ -12,11 +13,24 @@ from opsledger.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
+# The largest encoded event a stream takes; the outbox refuses a bigger one at write time.
+MAX_EVENT_BYTES = 1_000_000
+# A dead letter carries the original message, which may be the event a stream refused.
+MAX_DEAD_LETTER_BYTES = 8 * 1024 * 1024
+# Room for the record batch's own framing around the largest message.
+TOPIC_HEADROOM_BYTES = 64 * 1024
+
 FOREVER = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+STREAM_CONFIG = {**FOREVER, "max.message.bytes": str(MAX_EVENT_BYTES + TOPIC_HEADROOM_BYTES)}
+DEAD_LETTER_CONFIG = {**FOREVER, "max.message.bytes": str(MAX_DEAD_LETTER_BYTES + TOPIC_HEADROOM_BYTES)}
 
 
 def all_topics(settings: ServiceSettings) -> list[str]:
     return [settings.topic(s) for s in Stream] + [settings.deadletter_topic]
+
+
+def topic_config(settings: ServiceSettings, topic: str) -> dict[str, str]:
+    return DEAD_LETTER_CONFIG if topic == settings.deadletter_topic else STREAM_CONFIG
 
 
 async def ensure_topics(settings: ServiceSettings, topics: list[str] | None = None) -> None:
@@ -30,7 +44,8 @@ async def ensure_topics(settings: ServiceSettings, topics: list[str] | None = No
         if not missing:
             return
         new = [
-            NewTopic(t, settings.topic_partitions, settings.topic_replication, topic_configs=FOREVER) for t in missing
+            NewTopic(t, settings.topic_partitions, settings.topic_replication, topic_configs=topic_config(settings, t))
+            for t in missing
         ]
         try:
             response = await admin.create_topics(new)

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import Field
 
 from opsledger.events.common import ImpactLevel, Link, Person, Severity
-from opsledger.events.registry import EventPayload, Stream, event
+from opsledger.events.registry import EventPayload, Stream, event, upcaster
 
 
 class BusinessImpact(EventPayload):
@@ -17,7 +17,7 @@ class BusinessImpact(EventPayload):
 
 
 @event("IncidentLogged", 1, Stream.INCIDENTS)
-class IncidentLogged(EventPayload):
+class IncidentLoggedV1(EventPayload):
     """A new incident opened from an alert or a person's report."""
 
     source: str  # alertmanager | grafana | pagerduty | generic | manual
@@ -40,6 +40,21 @@ class IncidentLogged(EventPayload):
     dedup_key: str
     links: list[Link] = Field(default_factory=list)
     raw: dict[str, Any] = Field(default_factory=dict)  # the alert as received, for re-mapping on replay
+
+
+@event("IncidentLogged", 2, Stream.INCIDENTS)
+class IncidentLogged(IncidentLoggedV1):
+    """A new incident opened from an alert or a person's report. v2 adds `reported_at`: when a
+    person says the incident was reported (e.g. phoned in), which may be earlier than intake
+    received it and later than it started; None for alerts."""
+
+    reported_at: datetime | None = None
+
+
+@upcaster("IncidentLogged", 1)
+def _incident_logged_v1_to_v2(body: dict[str, Any]) -> dict[str, Any]:
+    # v1 reports kept the reporter's own time only in the raw body; it is not guessed back.
+    return {**body, "reported_at": None}
 
 
 @event("AlertCorrelated", 1, Stream.INCIDENTS)
