@@ -55,12 +55,29 @@ def _incident_id(value: str) -> uuid.UUID:
         raise HTTPException(400, {"parameter": "incident_id", "error": f"{value!r} is not a UUID"}) from None
 
 
+# A spreadsheet runs a cell starting with one of these as a formula (CSV injection): titles and
+# services come from alert sources anyone can post to.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """One CSV cell: timestamps in ISO 8601, lists joined with ';', text that a spreadsheet would
+    run as a formula prefixed with a quote (the csv module does the quoting and escaping)."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        value = ";".join(str(v) for v in value)
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
 def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()})
+        writer.writerow({k: csv_cell(v) for k, v in row.items()})
     return out.getvalue()
 
 

@@ -6,7 +6,9 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from opsledger.service import Runtime, create_app
 from reporting.api import admin, router
@@ -44,4 +46,14 @@ def build(settings: Settings | None = None) -> FastAPI:
                     await manager.stop()
 
     app.router.lifespan_context = lifespan
+    app.add_exception_handler(RequestValidationError, _bad_request)
     return app
+
+
+async def _bad_request(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own checks (limit, format) answer like ours: 400 naming the parameter."""
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    parameter = str(first.get("loc", ("", "?"))[-1])
+    error = f"parameter '{parameter}': {first.get('msg', 'is invalid')}"
+    return JSONResponse({"detail": {"parameter": parameter, "error": error}}, status_code=400)

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from opsledger.bus.consumer import INVALID_PAYLOAD
 from opsledger.events import Envelope, EventPayload, registry
 from opsledger.events.intake import (
     AlertAcknowledged,
@@ -32,6 +33,10 @@ GENESIS_HASH = "0" * 64
 
 OPEN_STATUSES = ("open", "acknowledged")
 STATUSES = ("unknown", "open", "acknowledged", "resolved", "closed")
+# Not resolved yet. `unknown` (only undecodable events so far) counts: nothing says it is over.
+BACKLOG_STATUSES = ("unknown", *OPEN_STATUSES)
+# SLA events whose payload names no target (or that this code cannot read) are counted here.
+UNSPECIFIED_TARGET = "unspecified"
 
 
 @dataclass
@@ -67,6 +72,13 @@ class IncidentState:
     event_count: int = 0
     last_event_type: str | None = None
     last_event_at: datetime | None = None
+    # SLA targets (e.g. "acknowledge", "resolve") warned about / breached, sorted: compliance is
+    # reported per target, and one incident can meet one target and miss another.
+    sla_warned: tuple[str, ...] = ()
+    sla_breached: tuple[str, ...] = ()
+    # When the alert source said someone acknowledged (AlertAcknowledged). Shown, not used by
+    # MTTA: the incident is acknowledged when the assignment stage says so (IncidentAcknowledged).
+    source_acknowledged_at: datetime | None = None
 
     def copy(self) -> IncidentState:
         # A shallow copy without dataclasses.replace's per-field __init__ (a hot path on replay).
@@ -83,16 +95,28 @@ class IncidentState:
 STATE_FIELDS = tuple(f.name for f in dataclasses.fields(IncidentState))
 
 
+ARRAY_FIELDS = ("sla_warned", "sla_breached")
+
+
 def state_from_row(row: Any) -> IncidentState:
     """Rebuild a state from a DB row (mapping) of the incidents table."""
-    return IncidentState(**{name: row[name] for name in STATE_FIELDS})
+    state = IncidentState(**{name: row[name] for name in STATE_FIELDS})
+    for name in ARRAY_FIELDS:  # the driver returns lists; states share values, so keep them immutable
+        setattr(state, name, tuple(getattr(state, name) or ()))
+    return state
 
 
-def decode_status(envelope: Envelope, payload: EventPayload | None) -> str:
-    """How this code understood the event: ok, unknown_type, or newer_version."""
+def decode_status(envelope: Envelope, payload: EventPayload | None, decode_error: str | None = None) -> str:
+    """How this code understood the event: ok, unknown_type, newer_version, unsupported_version
+    (an old version with no upcaster) or invalid_payload (does not match its schema)."""
     if payload is not None:
         return "ok"
-    return "newer_version" if registry.knows(envelope.event_type) else "unknown_type"
+    if not registry.knows(envelope.event_type):
+        return "unknown_type"
+    if decode_error is not None and decode_error.startswith(INVALID_PAYLOAD):
+        return "invalid_payload"
+    latest = registry.model(envelope.event_type).schema_version
+    return "newer_version" if envelope.schema_version > latest else "unsupported_version"
 
 
 def _text(body: dict[str, Any], *keys: str) -> str | None:
@@ -141,8 +165,9 @@ def apply_event(state: IncidentState, envelope: Envelope, payload: EventPayload 
         s.alert_state = "resolved"
     elif isinstance(payload, AlertAcknowledged):
         # The source's acknowledgement is an input for the assignment stage; the incident counts
-        # as acknowledged only when that stage says so (IncidentAcknowledged).
-        pass
+        # as acknowledged (status, MTTA) only when that stage says so (IncidentAcknowledged).
+        # Intake's clock (the envelope), like every other time here, not the source's.
+        s.source_acknowledged_at = s.source_acknowledged_at or at
     elif isinstance(payload, AlertFlapping):
         s.alert_state = "flapping"
     elif isinstance(payload, IncidentCategorized):
@@ -178,9 +203,11 @@ def _apply_lifecycle(s: IncidentState, envelope: Envelope, at: datetime) -> None
         s.team = _text(body, "team", "to_team", "team_id") or s.team
         s.assignee = _text(body, "assignee", "to_assignee") or s.assignee
     elif kind == "SlaWarning":
+        s.sla_warned = _with(s.sla_warned, _text(body, "target", "sla_target") or UNSPECIFIED_TARGET)
         if s.sla_state != "breached":
             s.sla_state = "warning"
     elif kind == "SlaBreached":
+        s.sla_breached = _with(s.sla_breached, _text(body, "target", "sla_target") or UNSPECIFIED_TARGET)
         s.sla_state = "breached"
     elif kind == "IncidentResolved":
         s.resolved_at = at
@@ -195,6 +222,11 @@ def _apply_lifecycle(s: IncidentState, envelope: Envelope, at: datetime) -> None
         s.status = "open"
         s.resolved_at = None
         s.closed_at = None
+
+
+def _with(items: tuple[str, ...], item: str) -> tuple[str, ...]:
+    """`items` plus `item`, sorted and without repeats (the same in any arrival order)."""
+    return items if item in items else tuple(sorted((*items, item)))
 
 
 # --- audit hash chain --------------------------------------------------------------------------

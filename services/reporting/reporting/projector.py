@@ -47,11 +47,11 @@ class _Pending:
     history: list[list[Any]] = field(default_factory=list)  # valid_to filled in later in the batch
     open_history: dict[uuid.UUID, list[Any]] = field(default_factory=dict)  # incident -> its last row
     close_stored: dict[uuid.UUID, tuple[int, datetime]] = field(default_factory=dict)  # seq, valid_to
-    positions: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 class Projector:
-    """The batch handler of one projection version (ConsumerSpec.batch_handler)."""
+    """The batch handler of one projection version (ConsumerSpec.batch_handler), and the writer of
+    its log positions (ConsumerSpec.save_positions): both run in the batch's transaction."""
 
     def __init__(self, version: int) -> None:
         self.version = version
@@ -59,6 +59,16 @@ class Projector:
     async def __call__(self, session: AsyncSession, deliveries: list[Delivery]) -> None:
         if deliveries:
             await apply_batch(await raw_connection(session), self.version, deliveries)
+
+    async def save_positions(self, session: AsyncSession, last: dict[tuple[str, int], int]) -> None:
+        """Every record of the batch counts, applied or not (a duplicate the inbox absorbed, a
+        dead letter): otherwise a partition ending in such records would be re-read on restart."""
+        await (await raw_connection(session)).executemany(
+            'INSERT INTO positions (version, topic, partition, "offset") VALUES ($1, $2, $3, $4)'
+            " ON CONFLICT (version, topic, partition)"
+            ' DO UPDATE SET "offset" = GREATEST(positions."offset", EXCLUDED."offset")',
+            [(self.version, t, p, o) for (t, p), o in last.items()],
+        )
 
 
 async def apply_batch(conn: asyncpg.Connection, version: int, deliveries: Sequence[Delivery]) -> None:
@@ -69,6 +79,18 @@ async def apply_batch(conn: asyncpg.Connection, version: int, deliveries: Sequen
     )
     head = await conn.fetchrow("SELECT seq, hash FROM chain_heads WHERE version = $1 FOR UPDATE", version)
     seq, prev = int(head["seq"]), str(head["hash"])
+    # The positions stored with the rows are the authority on what this version has applied. The
+    # consumer seeks past them, but only after a rebalance's fetches may have started from the
+    # group's offsets (aiokafka runs the assignment listener late), so records at or before them
+    # can still arrive; they were applied already. The inbox catches the same event re-sent at a
+    # new offset.
+    applied = {
+        (r["topic"], r["partition"]): r["offset"]
+        for r in await conn.fetch('SELECT topic, partition, "offset" FROM positions WHERE version = $1', version)
+    }
+    deliveries = [d for d in deliveries if d.position[2] > applied.get(d.position[:2], -1)]
+    if not deliveries:
+        return
 
     ids = list({d.envelope.incident_id for d in deliveries if d.envelope.incident_id is not None})
     states: dict[uuid.UUID, IncidentState] = {}
@@ -110,7 +132,7 @@ async def apply_batch(conn: asyncpg.Connection, version: int, deliveries: Sequen
                 env.event_id,
                 env.event_type,
                 env.schema_version,
-                decode_status(env, d.payload),
+                decode_status(env, d.payload, d.decode_error),
                 env.incident_id,
                 env.subject,
                 env.occurred_at,
@@ -127,8 +149,6 @@ async def apply_batch(conn: asyncpg.Connection, version: int, deliveries: Sequen
             )
         )
         prev = digest
-        key = (topic, partition)
-        pending.positions[key] = max(offset, pending.positions.get(key, -1))
         if env.incident_id is not None:
             _apply_to_incident(pending, states, stored, version, d)
 
@@ -159,12 +179,6 @@ async def apply_batch(conn: asyncpg.Connection, version: int, deliveries: Sequen
             records=[(version, *states[i].__dict__.values()) for i in changed],
             columns=["version", *INCIDENT_COLUMNS],
         )
-    await conn.executemany(
-        'INSERT INTO positions (version, topic, partition, "offset") VALUES ($1, $2, $3, $4)'
-        " ON CONFLICT (version, topic, partition)"
-        ' DO UPDATE SET "offset" = GREATEST(positions."offset", EXCLUDED."offset")',
-        [(version, t, p, o) for (t, p), o in pending.positions.items()],
-    )
     await conn.execute("UPDATE chain_heads SET seq = $2, hash = $3 WHERE version = $1", version, seq, prev)
 
 

@@ -15,11 +15,21 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from reporting.domain import GENESIS_HASH, STATUSES, canonical_event, chain_hash
-from reporting.store import INCIDENT_COLUMNS, chain_heads, incident_versions, incidents, timeline
+from reporting.store import (
+    INCIDENT_COLUMNS,
+    SORTS,
+    chain_heads,
+    incident_versions,
+    incidents,
+    sort_key,
+    timeline,
+    valid_range,
+)
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # what store.EPOCH_SQL is, for cursors
+NO_PRIORITY = "P9"  # store.NO_PRIORITY_SQL
 FILTER_FIELDS = ("status", "priority", "category", "team", "service", "source", "dedup_key")
-SORTS = ("logged_at", "occurred_at", "last_event_at", "priority")
+PRIORITIES = ("P1", "P2", "P3", "P4", "P5")
 
 
 class BadParameter(ValueError):
@@ -41,7 +51,10 @@ def parse_timestamp(parameter: str, value: str | None) -> datetime | None:
         raise BadParameter(parameter, f"{value!r} is not an ISO 8601 timestamp") from None
     if parsed.tzinfo is None:
         raise BadParameter(parameter, f"{value!r} has no timezone (add Z or +00:00)")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise BadParameter(parameter, f"{value!r} is out of range in UTC") from None
 
 
 @dataclass
@@ -59,10 +72,12 @@ class IncidentFilter:
             items = [v.strip() for v in value.split(",") if v.strip()]
             if not items:
                 raise BadParameter(name, "is empty")
+            if "\x00" in value:  # PostgreSQL text cannot hold NUL: no value can match, and asyncpg fails
+                raise BadParameter(name, "contains a NUL character")
             if name == "status" and (bad := [v for v in items if v not in STATUSES]):
                 raise BadParameter(name, f"{bad[0]!r} is not one of {', '.join(STATUSES)}")
-            if name == "priority" and (bad := [v for v in items if v not in ("P1", "P2", "P3", "P4", "P5")]):
-                raise BadParameter(name, f"{bad[0]!r} is not one of P1, P2, P3, P4, P5")
+            if name == "priority" and (bad := [v for v in items if v not in PRIORITIES]):
+                raise BadParameter(name, f"{bad[0]!r} is not one of {', '.join(PRIORITIES)}")
             values[name] = items
         start, end = parse_timestamp("from", logged_from), parse_timestamp("to", logged_to)
         if start and end and start >= end:
@@ -78,21 +93,15 @@ class IncidentFilter:
         return clauses
 
 
-def _sort_expr(table: sa.Table, sort: str) -> sa.ColumnElement[Any]:
-    if sort == "priority":
-        return sa.func.coalesce(table.c.priority, "P9")
-    return sa.func.coalesce(table.c[sort], EPOCH)
-
-
 def _sort_value(row: Any, sort: str) -> Any:
     if sort == "priority":
-        return row.priority or "P9"
+        return row.priority or NO_PRIORITY
     return row._mapping[sort] or EPOCH
 
 
 def parse_sort(value: str) -> tuple[str, bool]:
     descending = value.startswith("-")
-    name = value.lstrip("-")
+    name = value[1:] if descending else value
     if name not in SORTS:
         options = ", ".join(f"{s}, -{s}" for s in SORTS)
         raise BadParameter("sort", f"{value!r} is not one of {options}")
@@ -105,17 +114,26 @@ def encode_cursor(sort: str, value: Any, incident_id: uuid.UUID) -> str:
 
 
 def decode_cursor(cursor: str, sort: str) -> tuple[Any, uuid.UUID]:
+    not_ours = BadParameter("cursor", "is not a cursor this service issued")
     try:
         raw = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         cursor_sort, value, incident_id = raw
         parsed_id = uuid.UUID(incident_id)
-    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
-        raise BadParameter("cursor", "is not a cursor this service issued") from None
+    except (binascii.Error, ValueError, TypeError, AttributeError, orjson.JSONDecodeError):
+        raise not_ours from None
+    # Every part is checked: a hand-made cursor must not reach the database as a wrong type.
+    if not isinstance(cursor_sort, str) or not isinstance(value, str):
+        raise not_ours
     if cursor_sort != sort:
         raise BadParameter("cursor", f"was issued for sort {cursor_sort!r}, not {sort!r}")
-    if sort != "priority":
-        value = parse_timestamp("cursor", value)
-    return value, parsed_id
+    if parse_sort(sort)[0] == "priority":  # "-priority" too
+        if value not in (*PRIORITIES, NO_PRIORITY):
+            raise not_ours
+        return value, parsed_id
+    try:
+        return parse_timestamp("cursor", value) or EPOCH, parsed_id
+    except BadParameter:
+        raise not_ours from None
 
 
 def as_of_table(version: int, as_of: datetime | None) -> tuple[sa.Table | sa.Subquery, list[sa.ColumnElement[bool]]]:
@@ -123,11 +141,8 @@ def as_of_table(version: int, as_of: datetime | None) -> tuple[sa.Table | sa.Sub
     if as_of is None:
         return incidents, [incidents.c.version == version]
     iv = incident_versions
-    return iv, [
-        iv.c.version == version,
-        iv.c.valid_from <= as_of,
-        sa.or_(iv.c.valid_to.is_(None), iv.c.valid_to > as_of),
-    ]
+    # valid_from <= as_of < valid_to (or no valid_to), as the GiST index on the range answers it.
+    return iv, [iv.c.version == version, valid_range(iv).op("@>")(sa.literal(as_of, sa.DateTime(timezone=True)))]
 
 
 async def list_incidents(
@@ -143,7 +158,7 @@ async def list_incidents(
     name, descending = parse_sort(sort)
     table, where = as_of_table(version, as_of)
     assert isinstance(table, sa.Table)
-    key = _sort_expr(table, name)
+    key = sort_key(table, name)
     where += filters.where(table)
     if cursor:
         value, after_id = decode_cursor(cursor, sort)

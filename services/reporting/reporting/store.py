@@ -42,7 +42,31 @@ def _incident_columns() -> list[sa.Column]:  # type: ignore[type-arg]
         sa.Column("event_count", sa.Integer, nullable=False),
         sa.Column("last_event_type", sa.Text),
         sa.Column("last_event_at", TS),
+        # Added by revision 0002 (so at the end, in both tables).
+        sa.Column("sla_warned", pg.ARRAY(sa.Text), nullable=False, server_default="{}"),
+        sa.Column("sla_breached", pg.ARRAY(sa.Text), nullable=False, server_default="{}"),
+        sa.Column("source_acknowledged_at", TS),
     ]
+
+
+# Sort keys of the incident list. NULLs sort as these constants so keyset pagination compares
+# plain values; they are SQL literals (not bind parameters) so the expression indexes below match
+# the queries' ORDER BY and a page is an index range scan, not a sort of the whole table.
+EPOCH_SQL = "'1970-01-01 00:00:00+00'::timestamptz"
+NO_PRIORITY_SQL = "'P9'"
+SORTS = ("logged_at", "occurred_at", "last_event_at", "priority")
+
+
+def sort_key(table: sa.Table, name: str) -> sa.ColumnElement[object]:
+    """The ORDER BY expression of sort `name` on `table` (incidents or incident_versions)."""
+    if name == "priority":
+        return sa.func.coalesce(table.c.priority, sa.literal_column(NO_PRIORITY_SQL))
+    return sa.func.coalesce(table.c[name], sa.literal_column(EPOCH_SQL))
+
+
+def valid_range(table: sa.Table) -> sa.ColumnElement[object]:
+    """[valid_from, valid_to) of a history row, as the GiST index holds it (`as_of` is `@>`)."""
+    return sa.func.tstzrange(table.c.valid_from, table.c.valid_to, sa.literal_column("'[)'"))
 
 
 # One row: which projection version answers queries, and the state of the latest rebuild.
@@ -90,6 +114,12 @@ incidents = sa.Table(
 sa.Index("incidents_logged", incidents.c.version, incidents.c.logged_at, incidents.c.incident_id)
 sa.Index("incidents_status", incidents.c.version, incidents.c.status)
 sa.Index("incidents_dedup", incidents.c.version, incidents.c.dedup_key)
+# Revision 0002: one index per sort (its keyset), and the selective filters. Low-cardinality
+# filters (priority, category, source) ride on the sort index: a page stops after `limit` matches.
+for _sort in SORTS:
+    sa.Index(f"incidents_sort_{_sort}", incidents.c.version, sort_key(incidents, _sort), incidents.c.incident_id)
+sa.Index("incidents_team", incidents.c.version, incidents.c.team)
+sa.Index("incidents_service", incidents.c.version, incidents.c.service)
 
 # Every state an incident has been in, valid over [valid_from, valid_to): `as_of=t` is one
 # indexed lookup. seq = the incident's event count after the change.
@@ -104,13 +134,9 @@ incident_versions = sa.Table(
     *_incident_columns(),
     sa.PrimaryKeyConstraint("version", "incident_id", "seq"),
 )
-sa.Index("incident_versions_asof", incident_versions.c.version, incident_versions.c.valid_from)
-sa.Index(
-    "incident_versions_open",
-    incident_versions.c.version,
-    incident_versions.c.incident_id,
-    postgresql_where=incident_versions.c.valid_to.is_(None),
-)
+# Revision 0002: the rows valid at `as_of` are found by range containment; a btree on
+# valid_from alone had to read every row that started before `as_of` (nearly all of history).
+sa.Index("incident_versions_valid", valid_range(incident_versions), postgresql_using="gist")
 
 # The timeline and audit trail: every event, in the order applied, hash-chained per version.
 timeline = sa.Table(
@@ -121,7 +147,7 @@ timeline = sa.Table(
     sa.Column("event_id", UUID, nullable=False),
     sa.Column("event_type", sa.Text, nullable=False),
     sa.Column("schema_version", sa.Integer, nullable=False),
-    sa.Column("decode_status", sa.Text, nullable=False),  # ok | unknown_type | newer_version
+    sa.Column("decode_status", sa.Text, nullable=False),  # see domain.decode_status
     sa.Column("incident_id", UUID),
     sa.Column("subject", sa.Text, nullable=False),
     sa.Column("occurred_at", TS, nullable=False),

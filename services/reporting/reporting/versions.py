@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from opsledger.bus.consumer import ConsumerSpec, EventConsumer
 from opsledger.db import inbox_table
 from opsledger.events import Stream
-from opsledger.service import Runtime
+from opsledger.service import Runtime, supervise
 from opsledger.settings import ServiceSettings
 from reporting.projector import Projector
 from reporting.store import PROJECTION_TABLES, positions, projection_state
@@ -38,19 +38,23 @@ def projection_spec(
     settings: ServiceSettings, sessionmaker: async_sessionmaker[AsyncSession], version: int
 ) -> ConsumerSpec:
     """The one consumer that feeds projection `version`: every event of the incident and config
-    streams, unknown ones included, resuming after the positions stored with the rows."""
+    streams, unknown and undecodable ones included, resuming after the positions stored with the
+    rows."""
 
     async def stored() -> dict[tuple[str, int], int]:
         return await stored_positions(sessionmaker, version)
 
     name = consumer_name(version)
+    projector = Projector(version)
     return ConsumerSpec(
         name=name,
         topics=[settings.topic(Stream.INCIDENTS), settings.topic(Stream.CONFIG)],
-        batch_handler=Projector(version),
+        batch_handler=projector,
         accept_unknown=True,
+        accept_invalid=True,  # the audit trail holds every event on the log, readable or not
         group_id=f"{settings.group_id}.{name}",
         stored_positions=stored,
+        save_positions=projector.save_positions,
     )
 
 
@@ -119,7 +123,7 @@ class ProjectionManager:
         worker = EventConsumer(spec, self.runtime.settings, self.sessionmaker, self.runtime.producer)
         await worker.start()
         stop = asyncio.Event()
-        task = asyncio.create_task(_supervise(worker, stop), name=f"consumer-{spec.name}")
+        task = asyncio.create_task(supervise(worker, stop), name=f"consumer-{spec.name}")
         self.running[version] = _Running(worker, stop, task)
 
     async def _stop_version(self, version: int) -> None:
@@ -240,15 +244,3 @@ async def _positions_of(session: AsyncSession, version: int) -> dict[tuple[str, 
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
-
-
-async def _supervise(worker: EventConsumer, stop: asyncio.Event) -> None:
-    """Keep a consumer loop running; an unexpected crash is logged and the loop restarted."""
-    while not stop.is_set():
-        try:
-            await worker.run(stop)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("consumer %s crashed; restarting in 2s", worker.spec.name)
-            await asyncio.sleep(2)

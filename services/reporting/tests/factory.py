@@ -8,8 +8,16 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 
-from opsledger.bus.consumer import Delivery
-from opsledger.events import Envelope, EventPayload, new_event, registry
+from opsledger.bus.consumer import INVALID_PAYLOAD, UNKNOWN_EVENT, Delivery
+from opsledger.events import (
+    Envelope,
+    EventPayload,
+    InvalidPayload,
+    UnknownEventType,
+    UnsupportedSchemaVersion,
+    new_event,
+    registry,
+)
 from opsledger.events.common import Severity
 from opsledger.events.intake import AlertCorrelated, AlertResolved, IncidentLogged
 from opsledger.events.triage import IncidentCategorized, IncidentPrioritized, IncidentReprioritized, PriorityInputs
@@ -107,10 +115,17 @@ def foreign(
 
 
 def decode(envelope: Envelope) -> EventPayload | None:
+    return decode_with_error(envelope)[0]
+
+
+def decode_with_error(envelope: Envelope) -> tuple[EventPayload | None, str | None]:
+    """What the consumer runner hands over: the payload, or None and why."""
     try:
-        return registry.decode(envelope)
-    except Exception:
-        return None
+        return registry.decode(envelope), None
+    except InvalidPayload as exc:
+        return None, f"{INVALID_PAYLOAD}: {exc}"
+    except (UnknownEventType, UnsupportedSchemaVersion) as exc:
+        return None, f"{UNKNOWN_EVENT}: {exc}"
 
 
 def deliveries(envelopes: list[Envelope], topic: str = "t.incidents", start_offset: int = 0) -> list[Delivery]:
@@ -119,8 +134,17 @@ def deliveries(envelopes: list[Envelope], topic: str = "t.incidents", start_offs
     for i, env in enumerate(envelopes):
         raw = env.to_bytes()
         record = ConsumerRecord(topic, 0, start_offset + i, 0, 0, env.key, raw, None, len(env.key), len(raw), [])
-        out.append(Delivery(record, env, decode(env)))
+        out.append(Delivery(record, env, *decode_with_error(env)))
     return out
+
+
+def last_positions(batch: list[Delivery]) -> dict[tuple[str, int], int]:
+    """What the consumer runner passes to save_positions for `batch`."""
+    last: dict[tuple[str, int], int] = {}
+    for d in batch:
+        topic, partition, offset = d.position
+        last[(topic, partition)] = max(offset, last.get((topic, partition), -1))
+    return last
 
 
 def lifecycle(incident: uuid.UUID) -> list[Envelope]:

@@ -85,7 +85,11 @@ def test_sla_breach_is_not_downgraded_by_a_later_warning() -> None:
 
 @pytest.mark.parametrize(
     ("event_type", "version", "expected"),
-    [("SomethingNew", 1, "unknown_type"), ("IncidentLogged", 99, "newer_version")],
+    [
+        ("SomethingNew", 1, "unknown_type"),
+        ("IncidentLogged", 99, "newer_version"),
+        ("IncidentLogged", 2, "invalid_payload"),
+    ],
 )
 def test_unknown_types_and_versions_are_counted_but_change_nothing_else(
     event_type: str, version: int, expected: str
@@ -93,7 +97,8 @@ def test_unknown_types_and_versions_are_counted_but_change_nothing_else(
     incident = uuid.uuid4()
     before = replay([f.logged(incident)])
     odd = f.foreign(event_type, incident, 5, {"title": "x", "whatever": [1, 2]}, version=version)
-    assert f.decode(odd) is None and decode_status(odd, None) == expected
+    payload, error = f.decode_with_error(odd)
+    assert payload is None and decode_status(odd, None, error) == expected
     after = apply_event(before, odd, None)
     ignored = {"event_count", "last_event_type", "last_event_at"}
     assert {k: v for k, v in dataclasses.asdict(after).items() if k not in ignored} == {
@@ -190,3 +195,51 @@ def test_flapping_and_source_signals_update_alert_state_only() -> None:
         after = replay([first, wrap(payload, 3)])
         assert after.event_count == 2 and after.last_event_type == type(payload).event_type
         assert (after.status, after.acknowledged_at, after.priority) == (base.status, None, base.priority), payload
+
+
+def test_sla_events_record_each_target_in_any_order() -> None:
+    incident = uuid.uuid4()
+    sla = [
+        f.foreign("SlaWarning", incident, 5, {"target": "resolve", "threshold": 0.8}, producer="sla"),
+        f.foreign("SlaBreached", incident, 6, {"target": "acknowledge"}, producer="sla"),
+        f.foreign("SlaWarning", incident, 7, {"target": "acknowledge"}, producer="sla"),
+        f.foreign("SlaWarning", incident, 8, {"threshold": 0.5}, producer="sla"),  # names no target
+    ]
+    finals = {
+        (s.sla_warned, s.sla_breached, s.sla_state)
+        for order in itertools.permutations(sla)
+        for s in [replay([f.logged(incident), *order])]
+    }
+    assert finals == {(("acknowledge", "resolve", "unspecified"), ("acknowledge",), "breached")}
+
+
+def test_source_acknowledgement_is_shown_but_does_not_acknowledge_the_incident() -> None:
+    from opsledger.events import new_event
+    from opsledger.events.intake import AlertAcknowledged
+
+    first = f.logged(uuid.uuid4())
+    ack = new_event(
+        AlertAcknowledged(source="pagerduty", dedup_key=first.payload["dedup_key"], acknowledged_at=f.at(1)),
+        producer="intake", actor="integration:int-1", incident_id=first.incident_id, occurred_at=f.at(2),
+    )  # fmt: skip
+    state = replay([first, ack, f.foreign("IncidentAcknowledged", first.incident_id, 9)])  # type: ignore[arg-type]
+    assert state.source_acknowledged_at == f.at(2), "intake's clock, like every other time"
+    assert state.acknowledged_at == f.at(9) and state.status == "acknowledged"
+
+
+def test_decode_status_tells_newer_from_unsupported_older_versions(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opsledger.events import EventPayload, Stream
+    from opsledger.events.registry import EventRegistry
+    from reporting import domain
+
+    scratch = EventRegistry()  # not the global one: the event catalog must not see a test type
+
+    @scratch.register("Versioned", 2, Stream.INCIDENTS)
+    class Versioned(EventPayload):
+        pass
+
+    monkeypatch.setattr(domain, "registry", scratch)
+    incident = uuid.uuid4()
+    assert decode_status(f.foreign("Versioned", incident, 1, version=3), None) == "newer_version"
+    assert decode_status(f.foreign("Versioned", incident, 1, version=1), None) == "unsupported_version"
+    assert decode_status(f.foreign("Unheard", incident, 1), None) == "unknown_type"

@@ -6,13 +6,14 @@ import itertools
 import uuid
 from typing import Any
 
+import orjson
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from opsledger.bus.consumer import Delivery
 from reporting import queries
-from reporting.projector import Projector
+from reporting.projector import Projector, raw_connection
 from reporting.store import chain_heads, incident_versions, incidents, positions, timeline
 from reporting.versions import stored_positions
 
@@ -23,8 +24,11 @@ Sessions = async_sessionmaker[AsyncSession]
 
 
 async def apply(db: Sessions, batch: list[Delivery], version: int = 1) -> None:
+    """What the consumer runner does with a batch of projection `version`, in one transaction."""
+    projector = Projector(version)
     async with db() as session, session.begin():
-        await Projector(version)(session, batch)
+        await projector(session, batch)
+        await projector.save_positions(session, f.last_positions(batch))
 
 
 async def table_rows(db: Sessions, table: sa.Table, version: int = 1, drop: tuple[str, ...] = ()) -> list[Any]:
@@ -81,6 +85,24 @@ async def test_batch_boundaries_do_not_change_the_read_model(reporting_db: Sessi
     assert await stored_positions(reporting_db, 1) == {("t.incidents", 0): len(events) - 1}
 
 
+async def test_a_batch_redelivered_at_the_same_offsets_changes_nothing(reporting_db: Sessions) -> None:
+    """What a consumer re-reads after a rebalance (same offsets) is skipped by the positions stored
+    with the rows, even without the inbox in front (the projector is called directly here)."""
+    events = f.deliveries(interleaved())
+    await apply(reporting_db, events[:30])
+    snapshot = {t.name: await table_rows(reporting_db, t) for t in (incidents, incident_versions, timeline, positions)}
+    await apply(reporting_db, events[10:30])
+    assert {t.name: await table_rows(reporting_db, t) for t in (incidents, incident_versions, timeline, positions)} == (
+        snapshot
+    )
+    await apply(reporting_db, events[20:])  # overlaps: only the new tail is applied
+    async with reporting_db() as session:
+        report = await queries.verify_chain(session, 1)
+        row = await queries.get_incident(session, 1, events[0].envelope.incident_id, None)  # type: ignore[arg-type]
+    assert report["ok"] and report["entries_checked"] == len(events)
+    assert row is not None and row["event_count"] == len(events) // 3
+
+
 async def test_as_of_returns_the_state_at_several_instants(reporting_db: Sessions) -> None:
     incident = uuid.uuid4()
     await apply(reporting_db, f.deliveries(f.lifecycle(incident)))
@@ -114,13 +136,17 @@ async def test_config_events_and_unknown_events_are_in_the_audit_trail(reporting
         PriorityMatrixChanged(version=2, matrix={"1/1": "P1"}, comment="tighter"),
         producer="triage", actor="admin", subject="priority-matrix",
     )  # fmt: skip
-    incident = uuid.uuid4()
+    incident, broken = uuid.uuid4(), uuid.uuid4()
     newer = f.foreign("IncidentLogged", incident, 1, {"anything": "goes"}, version=7, producer="intake")
-    await apply(reporting_db, f.deliveries([change, newer]))
+    # A known type at a known version whose payload does not match its schema.
+    invalid = f.foreign("IncidentLogged", broken, 2, {"title": 5}, version=2, producer="intake")
+    await apply(reporting_db, f.deliveries([change, newer, invalid]))
     rows = await table_rows(reporting_db, timeline)
     by_type = {dict(r)["subject"]: dict(r) for r in rows}
     assert by_type["priority-matrix"]["actor"] == "admin" and by_type["priority-matrix"]["incident_id"] is None
     assert by_type[str(incident)]["decode_status"] == "newer_version"
+    assert by_type[str(broken)]["decode_status"] == "invalid_payload"
+    assert orjson.loads(by_type[str(broken)]["payload"]) == {"title": 5}, "kept as it was on the log"
     async with reporting_db() as session:
         row = await queries.get_incident(session, 1, incident, None)
     assert row is not None and row["status"] == "unknown" and row["event_count"] == 1
@@ -136,3 +162,37 @@ async def test_verify_names_the_row_altered_in_the_database(reporting_db: Sessio
     async with reporting_db() as session:
         report = await queries.verify_chain(session, 1)
     assert not report["ok"] and report["first_mismatch"]["seq"] == 17 and report["entries_checked"] == 16
+
+
+async def test_list_pages_and_as_of_are_read_through_indexes(reporting_db: Sessions) -> None:
+    """Every sort of the incident list is an index range scan (no sort of the whole table), and
+    `as_of` finds the history rows valid at that instant through the range index. With sequential
+    scans priced out, a plan with a Sort node or a Seq Scan means a query no longer matches its
+    index (e.g. a sort constant sent as a bind parameter)."""
+    await apply(reporting_db, f.deliveries(interleaved()))
+    captured: list[tuple[str, Any]] = []
+    engine = reporting_db.kw["bind"]
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        captured.append((statement, parameters))
+
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        async with reporting_db() as session:
+            await session.execute(sa.text("SET enable_seqscan = off"))
+            raw = await raw_connection(session)
+            cases = [(sort, None) for sort in ("logged_at", "-occurred_at", "last_event_at", "-priority")]
+            cases.append(("-logged_at", f.at(10)))
+            for sort, as_of in cases:
+                captured.clear()
+                _, cursor = await queries.list_incidents(session, 1, queries.IncidentFilter(), sort, 1, None, as_of)
+                await queries.list_incidents(session, 1, queries.IncidentFilter(), sort, 1, cursor, as_of)
+                statement, parameters = captured[-1]  # the second page: the keyset condition too
+                plan = "\n".join(r[0] for r in await raw.fetch("EXPLAIN " + statement, *parameters))
+                assert "Seq Scan" not in plan, (sort, as_of, plan)
+                if as_of is None:
+                    assert "Sort" not in plan, (sort, plan)
+                else:
+                    assert "incident_versions_valid" in plan, plan
+    finally:
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", capture)
