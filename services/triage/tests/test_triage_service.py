@@ -315,7 +315,7 @@ async def test_configuration_changes_are_validated_versioned_and_announced(
     response = await client.put("/v1/matrix", json={"matrix": {**{"1/1": 6}}}, headers=ADMIN)
     assert response.status_code == 422 and "matrix['1/1']" in response.json()["detail"]
     response = await client.put("/v1/categories", json={"categories": {"Network": [], "Other": []}}, headers=ADMIN)
-    assert response.status_code == 422 and "(id 'security').set.category" in response.json()["detail"]
+    assert response.status_code == 422 and "(id 'security-malware').set.category" in response.json()["detail"]
 
     new_rules = [
         {"id": "payments-hot", "when": {"service": ["payments"], "severity": ["critical"]}, "set": {"urgency": 1}},
@@ -403,3 +403,63 @@ async def test_dry_run_reports_changes_and_emits_nothing(
     assert (await client.get("/v1/rules", headers=ANALYST)).json()["version"] == 2
     triage = (await client.get(f"/v1/incidents/{incident_id}/triage", headers=ANALYST)).json()
     assert (triage["category"], triage["priority"]) == ("Database", "P2")
+
+
+async def test_concurrent_and_hostile_configuration_changes(settings: Settings, client: httpx.AsyncClient) -> None:
+    import asyncio
+
+    assert (await client.get("/v1/rules", headers=ANALYST)).json()["version"] == 1
+
+    # Hostile or malformed bodies: always a 4xx naming the fault, never a 500, nothing stored.
+    slow = [{"id": "slow", "when": {"title_regex": "(a+)+$"}, "set": {"impact": 1}}]
+    bad_bodies: list[tuple[Any, str]] = [
+        ({"rules": slow}, "rules[0] (id 'slow').when.title_regex"),
+        ({"rules": [{"id": "r", "set": {"impact": True}}]}, "set.impact"),
+        ({"rules": [{"id": "r", "when": {"keywords": ["*"]}, "set": {"impact": 1}}]}, "when.keywords"),
+        ({"rules": [{"id": "r", "when": None, "set": {"impact": 1}}]}, "when"),
+        ({"rules": [None]}, "rules"),
+        ({"rules": "x"}, "rules"),
+        ({"rules": [], "colour": "red"}, "colour"),
+        ({"rules": [{"id": "r", "set": {"impact": 1}}], "expected_version": "1"}, "expected_version"),
+    ]
+    for body, named in bad_bodies:
+        response = await client.put("/v1/rules", json=body, headers=ADMIN)
+        assert response.status_code == 422, (body, response.text)
+        assert named in response.text, (body, response.text)
+    not_json = await client.put(
+        "/v1/rules", content=b"{not json", headers={**ADMIN, "content-type": "application/json"}
+    )
+    assert not_json.status_code == 422
+    huge = await client.put(
+        "/v1/rules",
+        content=b'{"rules": [' + b" " * (2 * 1024 * 1024) + b"]}",
+        headers={**ADMIN, "content-type": "application/json"},
+    )
+    assert huge.status_code == 413
+    dry = await client.post("/v1/rules/dry-run", json={"rules": slow}, headers=ANALYST)
+    assert dry.status_code == 422 and "refused" in dry.text
+    assert [v["version"] for v in (await client.get("/v1/rules/history", headers=ANALYST)).json()["versions"]] == [1]
+
+    # Two admins save at once: both land, as consecutive versions; neither is lost or doubled.
+    def rule_set(service: str) -> dict[str, Any]:
+        return {"rules": [{"id": f"{service}-hot", "when": {"service": [service]}, "set": {"impact": 1}}]}
+
+    first, second = await asyncio.gather(
+        client.put("/v1/rules", json={**rule_set("a"), "expected_version": 1}, headers=ADMIN),
+        client.put("/v1/rules", json={**rule_set("b"), "expected_version": 1}, headers=ADMIN),
+    )
+    # Both were made from version 1: exactly one wins, the other is told to reload (409).
+    assert sorted([first.status_code, second.status_code]) == [200, 409], (first.text, second.text)
+    loser = first if first.status_code == 409 else second
+    assert "version 2 is in force, not 1" in loser.json()["detail"]
+    racing = await asyncio.gather(*(client.put("/v1/rules", json=rule_set(s), headers=ADMIN) for s in "cde"))
+    assert sorted(r.json()["version"] for r in racing) == [3, 4, 5]
+    history = (await client.get("/v1/rules/history", headers=ANALYST)).json()["versions"]
+    assert [v["version"] for v in history] == [5, 4, 3, 2, 1]
+
+    async def announced() -> list[Envelope]:
+        found = [e for e in await config_events(settings) if e.event_type == "TriageRulesChanged"]
+        return found if len(found) == 5 else []
+
+    changes = await eventually(announced, what="one TriageRulesChanged per version")
+    assert sorted(e.payload["version"] for e in changes) == [1, 2, 3, 4, 5]

@@ -8,13 +8,13 @@ from dataclasses import replace
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from opsledger.auth import require_role
 from opsledger.events.common import ImpactLevel, Severity
 from opsledger.service import Runtime, runtime_of
 from triage import domain, store
-from triage.handlers import Triage
+from triage.handlers import Triage, VersionConflict
 
 router = APIRouter(prefix="/v1", tags=["triage"])
 read_access = require_role("analyst")
@@ -25,36 +25,41 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class CategoriesBody(_Body):
+class _ConfigBody(_Body):
+    comment: str | None = Field(default=None, max_length=1000)
+    # Optimistic concurrency: the version this change was made from. When another admin has put
+    # a newer version in force meanwhile, the change is refused (409) instead of silently undoing theirs.
+    expected_version: StrictInt | None = Field(default=None, ge=1)
+
+
+class CategoriesBody(_ConfigBody):
     categories: dict[str, list[str]]
     fallback: str | None = None
-    comment: str | None = Field(default=None, max_length=1000)
 
 
-class RulesBody(_Body):
+class RulesBody(_ConfigBody):
     # Parsed by the domain, not here, so a fault is reported by rule position and id.
     rules: list[dict[str, Any]]
-    comment: str | None = Field(default=None, max_length=1000)
 
 
-class MatrixBody(_Body):
+class MatrixBody(_ConfigBody):
     matrix: dict[str, Any]
-    comment: str | None = Field(default=None, max_length=1000)
 
 
 class SampleAlert(_Body):
     """An alert as IncidentLogged would carry it (only what triage looks at)."""
 
-    source: str = "generic"
-    title: str = Field(min_length=1)
-    description: str | None = None
-    service: str | None = None
-    environment: str | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
+    # The same bounds intake puts on what it logs.
+    source: str = Field(default="generic", min_length=1, max_length=255)
+    title: str = Field(min_length=1, max_length=1024)
+    description: str | None = Field(default=None, max_length=64 * 1024)
+    service: str | None = Field(default=None, max_length=255)
+    environment: str | None = Field(default=None, max_length=255)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=64)
     severity: Severity = Severity.MEDIUM
     business_impact: ImpactLevel | None = None
-    urgency_hint: int | None = Field(default=None, ge=1, le=3)
-    occurrence_count: int = Field(default=1, ge=1)
+    urgency_hint: StrictInt | None = Field(default=None, ge=1, le=3)
+    occurrence_count: StrictInt = Field(default=1, ge=1, le=1_000_000_000)
 
     def facts(self) -> domain.Facts:
         return domain.Facts(
@@ -75,14 +80,14 @@ class SampleAlert(_Body):
 class DryRunBody(_Body):
     rules: list[dict[str, Any]]
     sample: SampleAlert | None = None
-    include_incidents: bool = True
-    limit: int | None = Field(default=None, ge=1)
+    include_incidents: StrictBool = True
+    limit: StrictInt | None = Field(default=None, ge=1)
 
 
 class OverrideBody(_Body):
-    category: str | None = None
-    subcategory: str | None = None
-    priority: str | None = None
+    category: str | None = Field(default=None, min_length=1, max_length=100)
+    subcategory: str | None = Field(default=None, min_length=1, max_length=100)
+    priority: str | None = Field(default=None, max_length=10)
     reason: str = Field(min_length=1, max_length=2000)
 
 
@@ -124,12 +129,17 @@ async def _history(runtime: Runtime, kind: str, limit: int) -> dict[str, Any]:
     return {"kind": kind, "versions": [_version_json(r) for r in rows]}
 
 
-async def _change(runtime: Runtime, kind: str, raw: dict[str, Any], actor: str, comment: str | None) -> dict[str, Any]:
+async def _change(runtime: Runtime, kind: str, body_in: _ConfigBody, actor: str) -> dict[str, Any]:
+    raw, comment = body_in.model_dump(), body_in.comment
     try:
         async with runtime.sessionmaker() as session, session.begin():
-            version, body = await _triage(runtime).change_config(session, kind, raw, actor, comment)
+            version, body = await _triage(runtime).change_config(
+                session, kind, raw, actor, comment, expected_version=body_in.expected_version
+            )
     except domain.ConfigError as exc:
         raise _unprocessable(exc) from exc
+    except VersionConflict as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     runtime.outbox.wake()
     return {"version": version, **body, "changed_by": actor, "comment": comment}
 
@@ -145,7 +155,7 @@ async def put_categories(
     body: CategoriesBody, runtime: Runtime = Depends(runtime_of), actor: str = Depends(admin_access)
 ) -> dict[str, Any]:
     """Replace the category tree (a new version; rules must still fit it)."""
-    return await _change(runtime, "categories", body.model_dump(), actor, body.comment)
+    return await _change(runtime, "categories", body, actor)
 
 
 @router.get("/categories/history")
@@ -166,7 +176,7 @@ async def put_rules(
     body: RulesBody, runtime: Runtime = Depends(runtime_of), actor: str = Depends(admin_access)
 ) -> dict[str, Any]:
     """Replace the whole ordered rule set (a new version)."""
-    return await _change(runtime, "rules", body.model_dump(), actor, body.comment)
+    return await _change(runtime, "rules", body, actor)
 
 
 @router.get("/rules/history")
@@ -187,7 +197,7 @@ async def put_matrix(
     body: MatrixBody, runtime: Runtime = Depends(runtime_of), actor: str = Depends(admin_access)
 ) -> dict[str, Any]:
     """Replace the priority matrix (a new version)."""
-    return await _change(runtime, "matrix", body.model_dump(), actor, body.comment)
+    return await _change(runtime, "matrix", body, actor)
 
 
 @router.get("/matrix/history")
@@ -292,7 +302,12 @@ async def incident_triage(
     category_why = (
         f"set by {overrides['category']['actor']}: {overrides['category']['reason']}"
         if "category" in overrides
-        else (f"rule {c['rule_id']} (rule set v{c['rule_set_version']})" if c["rule_id"] else "no rule matched")
+        else (
+            f"rule {c['rule_id']} (rule set v{c['rule_set_version']})"
+            + (f": {c['matched_on']}" if c.get("matched_on") else "")
+            if c["rule_id"]
+            else "no rule matched"
+        )
     )
     return {
         "incident_id": str(row.incident_id),

@@ -7,11 +7,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from opsledger.events.common import ImpactLevel, Severity
+from triage import regex_safety
+from triage.default_rules import DEFAULT_RULE_SPECS
 
 
 class ConfigError(ValueError):
@@ -30,9 +33,10 @@ DEFAULT_FALLBACK_CATEGORY = "Other"
 DEFAULT_CATEGORIES: dict[str, list[str]] = {
     "Network": ["Connectivity", "DNS", "Load balancer", "Firewall", "Latency"],
     "Database": ["Availability", "Performance", "Replication", "Capacity"],
-    "Application": ["Errors", "Latency", "Crash", "Functional defect"],
-    "Infrastructure/Server": ["Host down", "CPU", "Memory", "Disk", "Process"],
-    "Storage": ["Capacity", "Performance", "Availability"],
+    "Messaging": ["Broker", "Consumer lag", "Backlog"],
+    "Application": ["Availability", "Errors", "Latency", "Crash", "Functional defect"],
+    "Infrastructure/Server": ["Host down", "CPU", "Memory", "Disk", "Process", "Clock", "Container platform"],
+    "Storage": ["Capacity", "Performance", "Availability", "Backup"],
     "Security": ["Intrusion", "Vulnerability", "Malware", "Data exposure"],
     "Access": ["Authentication", "Authorization", "Certificates"],
     "Hardware": ["Failure", "Power", "Cooling"],
@@ -40,6 +44,11 @@ DEFAULT_CATEGORIES: dict[str, list[str]] = {
 }
 
 _NAME = re.compile(r"^[^\s].{0,98}[^\s]$|^[^\s]$")
+# Bounds that keep validation and evaluation cheap (both run on the event loop).
+MAX_CATEGORIES = 200
+MAX_SUBCATEGORIES = 200
+MAX_RULES = 500
+MAX_KEYWORDS = 200
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,8 @@ def build_tree(version: int, categories: Mapping[str, Sequence[str]], fallback: 
     """Validate a category tree: non-empty, names 1-100 characters, no duplicates, fallback present."""
     if not categories:
         raise ConfigError("categories", "the category tree is empty")
+    if len(categories) > MAX_CATEGORIES:
+        raise ConfigError("categories", f"{len(categories)} categories; at most {MAX_CATEGORIES} are allowed")
     fallback = fallback or DEFAULT_FALLBACK_CATEGORY
     seen_lower: dict[str, str] = {}
     tree: dict[str, tuple[str, ...]] = {}
@@ -79,6 +90,8 @@ def build_tree(version: int, categories: Mapping[str, Sequence[str]], fallback: 
         if name.lower() in seen_lower:
             raise ConfigError(f"categories[{name!r}]", f"duplicates {seen_lower[name.lower()]!r} (names ignore case)")
         seen_lower[name.lower()] = name
+        if len(subs) > MAX_SUBCATEGORIES:
+            raise ConfigError(f"categories[{name!r}]", f"{len(subs)} subcategories; at most {MAX_SUBCATEGORIES}")
         sub_seen: set[str] = set()
         for sub in subs:
             if not _NAME.match(sub):
@@ -106,29 +119,37 @@ class _Spec(BaseModel):
 class RuleConditions(_Spec):
     """All given conditions must hold (AND); a list matches when any of its values does (OR)."""
 
-    source: list[str] | None = Field(default=None, min_length=1)
-    service: list[str] | None = Field(default=None, min_length=1)
-    environment: list[str] | None = Field(default=None, min_length=1)
+    source: list[str] | None = Field(default=None, min_length=1, max_length=100)
+    service: list[str] | None = Field(default=None, min_length=1, max_length=500)
+    environment: list[str] | None = Field(default=None, min_length=1, max_length=100)
     severity: list[Severity] | None = Field(default=None, min_length=1)
-    labels: dict[str, str] = Field(default_factory=dict)  # value "*": the label is present
-    keywords: list[str] | None = Field(default=None, min_length=1)  # any, in title or description
+    labels: dict[str, str] = Field(default_factory=dict, max_length=64)  # value "*": the label is present
+    # Any of them, as whole words, in title or description (see keyword_pattern).
+    keywords: list[str] | None = Field(default=None, min_length=1, max_length=MAX_KEYWORDS)
     title_regex: str | None = Field(default=None, min_length=1, max_length=500)
     description_regex: str | None = Field(default=None, min_length=1, max_length=500)
 
     @field_validator("keywords")
     @classmethod
-    def _no_blank_keywords(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and any(not k.strip() for k in value):
-            raise ValueError("a keyword must not be blank")
+    def _usable_keywords(cls, value: list[str] | None) -> list[str] | None:
+        for k in value or ():
+            core = k.strip().strip("*")
+            if not any(ch.isalnum() for ch in core):
+                raise ValueError(f"keyword {k!r} has no letter or digit")
+            if "*" in core:
+                raise ValueError(f"keyword {k!r}: '*' is allowed only at its start or end")
+            if len(k) > 200:
+                raise ValueError(f"keyword {k[:20]!r}...: at most 200 characters")
         return value
 
 
 class RuleActions(_Spec):
-    category: str | None = None
-    subcategory: str | None = None
+    category: str | None = Field(default=None, min_length=1, max_length=100)
+    subcategory: str | None = Field(default=None, min_length=1, max_length=100)
     affected_service: str | None = Field(default=None, min_length=1, max_length=200)
-    impact: int | None = Field(default=None, ge=1, le=3)
-    urgency: int | None = Field(default=None, ge=1, le=3)
+    # Strict: `true` or "1" for an impact is a mistake to report, not to coerce.
+    impact: StrictInt | None = Field(default=None, ge=1, le=3)
+    urgency: StrictInt | None = Field(default=None, ge=1, le=3)
 
 
 class RuleSpec(_Spec):
@@ -143,6 +164,33 @@ class RuleSpec(_Spec):
 SETTABLE = ("category", "subcategory", "affected_service", "impact", "urgency")
 
 
+# CamelCase alert names (KubePodCrashLooping, HighErrorRate) are matched word by word too.
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])|(?<=[A-Za-z])(?=[0-9])")
+# Regular expressions search at most this much of a text: what the screen in regex_safety lets
+# through can still cost O(n^2) over a search, and descriptions may be 64 KiB.
+REGEX_TEXT_LIMIT = 4096
+
+
+def searchable(text: str) -> str:
+    """`text` lowercased, followed by the same with CamelCase words split apart when that differs."""
+    split = _CAMEL.sub(" ", text)
+    return text.lower() if split == text else f"{text.lower()}\n{split.lower()}"
+
+
+def keyword_pattern(keyword: str) -> str:
+    """A keyword matches whole words, ignoring case: 'dns' matches "DNS lookups fail" and
+    "CoreDNSDown" but not "ddnsd"; spaces match any run of separators ('error rate' matches
+    "error_rate"); a '*' at the start or end lets it match inside a word ('crash*' matches
+    "CrashLooping")."""
+    k = keyword.strip().lower()
+    core = k.strip("*").strip()
+    body = r"[\W_]+".join(re.escape(word) for word in core.split())
+    # An edge that is not a letter or digit is a boundary already ('cve-' matches "CVE-2024-1").
+    start = "" if k.startswith("*") or not core[0].isalnum() else r"(?<![^\W_])"
+    end = "" if k.endswith("*") or not core[-1].isalnum() else r"(?![^\W_])"
+    return start + body + end
+
+
 @dataclass(frozen=True)
 class Rule:
     """A validated rule with its regular expressions compiled."""
@@ -150,6 +198,7 @@ class Rule:
     spec: RuleSpec
     title_re: re.Pattern[str] | None = None
     description_re: re.Pattern[str] | None = None
+    keywords_re: re.Pattern[str] | None = None
 
     @property
     def id(self) -> str:
@@ -160,6 +209,7 @@ class Rule:
 
     def matches(self, facts: Facts) -> bool:
         w = self.spec.when
+        # Cheapest conditions first; regular expressions last.
         if w.source is not None and not _any_equal(facts.source, w.source):
             return False
         if w.service is not None and not _any_equal(facts.service, w.service):
@@ -171,13 +221,34 @@ class Rule:
         for key, wanted in w.labels.items():
             if key not in facts.labels or (wanted != "*" and facts.labels[key] != wanted):
                 return False
-        if w.keywords is not None:
-            text = f"{facts.title}\n{facts.description or ''}".lower()
-            if not any(k.lower() in text for k in w.keywords):
-                return False
-        if self.title_re is not None and not self.title_re.search(facts.title):
+        if self.keywords_re is not None and self.keywords_re.search(facts.keyword_text) is None:
             return False
-        return not (self.description_re is not None and not self.description_re.search(facts.description or ""))
+        if self.title_re is not None and not self.title_re.search(facts.title[:REGEX_TEXT_LIMIT]):
+            return False
+        return not (
+            self.description_re is not None
+            and not self.description_re.search((facts.description or "")[:REGEX_TEXT_LIMIT])
+        )
+
+    def explain(self, facts: Facts) -> str:
+        """Which of this rule's conditions held for `facts`, e.g. "keyword 'postgres*' (postgres)"."""
+        w = self.spec.when
+        parts: list[str] = []
+        for name in ("source", "service", "environment"):
+            if getattr(w, name) is not None:
+                parts.append(f"{name} {getattr(facts, name)}")
+        if w.severity is not None:
+            parts.append(f"severity {facts.severity}")
+        parts.extend(f"label {k}={facts.labels.get(k)}" for k in w.labels)
+        if self.keywords_re is not None:
+            found = self.keywords_re.search(facts.keyword_text)
+            if found is not None:
+                parts.append(f"keyword {found.group(0)!r}")
+        if w.title_regex is not None:
+            parts.append(f"title matches {w.title_regex!r}")
+        if w.description_regex is not None:
+            parts.append(f"description matches {w.description_regex!r}")
+        return ", ".join(parts) or "no conditions (matches every incident)"
 
 
 def _any_equal(value: str | None, wanted: Sequence[str]) -> bool:
@@ -207,12 +278,16 @@ def parse_rules(raw: Sequence[Any]) -> list[RuleSpec]:
     return specs
 
 
-def build_rules(version: int, specs: Sequence[RuleSpec], tree: CategoryTree) -> RuleSet:
+def build_rules(version: int, specs: Sequence[RuleSpec], tree: CategoryTree, *, stored: bool = False) -> RuleSet:
     """Validate an ordered rule set against a category tree: not empty, unique ids, every rule
-    sets something, regular expressions compile, categories exist, and no rule is shadowed by
-    an earlier one for everything it sets."""
+    sets something, regular expressions compile and pass the backtracking screen, categories
+    exist, and no rule is shadowed by an earlier one for everything it sets. `stored`: a version
+    accepted earlier is being reloaded; checks added since must not take it out of force (that
+    would stop triage), so only what compiling needs is checked."""
     if not specs:
         raise ConfigError("rules", "the rule set is empty; give at least one rule")
+    if len(specs) > MAX_RULES and not stored:
+        raise ConfigError("rules", f"{len(specs)} rules; at most {MAX_RULES} are allowed")
     rules: list[Rule] = []
     ids: dict[str, int] = {}
     for i, spec in enumerate(specs):
@@ -228,23 +303,32 @@ def build_rules(version: int, specs: Sequence[RuleSpec], tree: CategoryTree) -> 
         if actions.category is not None:
             tree.check(actions.category, actions.subcategory, f"{where}.set")
         compiled = {
-            name: _compile(getattr(spec.when, name), f"{where}.when.{name}")
+            name: _compile(getattr(spec.when, name), f"{where}.when.{name}", screen=not stored)
             for name in ("title_regex", "description_regex")
         }
-        rules.append(Rule(spec, compiled["title_regex"], compiled["description_regex"]))
+        keywords = re.compile("|".join(keyword_pattern(k) for k in spec.when.keywords)) if spec.when.keywords else None
+        rules.append(Rule(spec, compiled["title_regex"], compiled["description_regex"], keywords))
     for later_index, later in enumerate(rules):
         _check_not_shadowed(rules[:later_index], later, later_index)
     return RuleSet(version, tuple(rules))
 
 
-def _compile(pattern: str | None, where: str) -> re.Pattern[str] | None:
+def _compile(pattern: str | None, where: str, screen: bool = True) -> re.Pattern[str] | None:
     if pattern is None:
         return None
     try:
         # Case-insensitive: alert titles are written by many hands.
-        return re.compile(pattern, re.IGNORECASE)
+        compiled = re.compile(pattern, re.IGNORECASE)
     except re.error as exc:
         raise ConfigError(where, f"invalid regular expression {pattern!r}: {exc}") from exc
+    except (RecursionError, OverflowError) as exc:
+        raise ConfigError(where, f"regular expression {pattern!r} is too complex: {exc}") from exc
+    if screen:
+        try:
+            regex_safety.check(pattern, re.IGNORECASE)
+        except regex_safety.UnsafeRegex as exc:
+            raise ConfigError(where, f"regular expression {pattern!r} is refused: {exc}") from exc
+    return compiled
 
 
 def _subsumes(general: RuleConditions, specific: RuleConditions) -> bool:
@@ -398,6 +482,11 @@ class Facts:
     business_impact: ImpactLevel | None = None
     urgency_hint: int | None = None
 
+    @cached_property
+    def keyword_text(self) -> str:
+        """Title and description as keywords search them (computed once per evaluation)."""
+        return searchable(self.title) + "\n" + searchable(self.description or "")
+
     def as_json(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -458,6 +547,7 @@ class Categorization:
     rule_id: str | None  # None: no rule set the category, the fallback applies
     rule_set_version: int
     matched_rules: tuple[str, ...] = ()
+    matched_on: str | None = None  # which conditions of the category rule held, e.g. "keyword 'dns'"
 
 
 @dataclass(frozen=True)
@@ -493,10 +583,13 @@ def evaluate(facts: Facts, policy: Policy) -> Decision:
     rule_set = policy.rule_set
     chosen: dict[str, tuple[Any, str]] = {}
     matched: list[str] = []
+    why: dict[str, str] = {}  # rule id -> the conditions that held, for the rules that decided something
     for rule in rule_set.rules:
         if not rule.matches(facts):
             continue
         matched.append(rule.id)
+        if any(f not in chosen for f in rule.sets()):
+            why[rule.id] = rule.explain(facts)
         actions = rule.spec.set
         if actions.category is not None and "category" not in chosen:
             # Category and subcategory come from the same rule so they never disagree.
@@ -512,9 +605,17 @@ def evaluate(facts: Facts, policy: Policy) -> Decision:
         # The tree changed under the rules (never by the API, which checks both ways).
         category, subcategory, category_rule = policy.tree.fallback, None, None
     affected = chosen.get("affected_service", (facts.service, None))[0]
-    categorization = Categorization(category, subcategory, affected, category_rule, rule_set.version, tuple(matched))
-    impact, impact_reasons, criticality = _impact(facts, policy, chosen.get("impact"), affected)
-    urgency, urgency_reasons = _urgency(facts, chosen.get("urgency"))
+    categorization = Categorization(
+        category,
+        subcategory,
+        affected,
+        category_rule,
+        rule_set.version,
+        tuple(matched),
+        why.get(category_rule) if category_rule else None,
+    )
+    impact, impact_reasons, criticality = _impact(facts, policy, chosen.get("impact"), affected, why)
+    urgency, urgency_reasons = _urgency(facts, chosen.get("urgency"), why)
     prioritization = Prioritization(
         priority=policy.matrix.priority(impact, urgency),
         impact=impact,
@@ -530,7 +631,7 @@ def evaluate(facts: Facts, policy: Policy) -> Decision:
 
 
 def _impact(
-    facts: Facts, policy: Policy, from_rule: tuple[int, str] | None, affected: str | None
+    facts: Facts, policy: Policy, from_rule: tuple[int, str] | None, affected: str | None, why: Mapping[str, str]
 ) -> tuple[int, list[str], int | None]:
     # Precedence: what the reporter said about the business > an explicit rule > the service's
     # criticality > the default; then widespread correlation raises it.
@@ -541,7 +642,7 @@ def _impact(
         reasons.append(f"reporter stated {facts.business_impact} business impact -> {impact}")
     elif from_rule is not None:
         impact = from_rule[0]
-        reasons.append(f"rule {from_rule[1]} sets impact {impact}")
+        reasons.append(f"rule {from_rule[1]} sets impact {impact} ({why.get(from_rule[1], 'matched')})")
     elif criticality is not None:
         impact = criticality
         reasons.append(f"service {affected or facts.service} has criticality {impact}")
@@ -563,7 +664,7 @@ def _criticality(criticality: Mapping[str, int], service: str | None) -> int | N
     return lowered.get(service.lower())
 
 
-def _urgency(facts: Facts, from_rule: tuple[int, str] | None) -> tuple[int, list[str]]:
+def _urgency(facts: Facts, from_rule: tuple[int, str] | None, why: Mapping[str, str]) -> tuple[int, list[str]]:
     # Precedence: the urgency hint (reporter or integration) > an explicit rule > severity;
     # a severity that correlation raised since logging always escalates.
     reasons: list[str] = []
@@ -572,7 +673,7 @@ def _urgency(facts: Facts, from_rule: tuple[int, str] | None) -> tuple[int, list
         reasons.append(f"urgency hint {urgency}")
     elif from_rule is not None:
         urgency = from_rule[0]
-        reasons.append(f"rule {from_rule[1]} sets urgency {urgency}")
+        reasons.append(f"rule {from_rule[1]} sets urgency {urgency} ({why.get(from_rule[1], 'matched')})")
     else:
         urgency = SEVERITY_URGENCY[facts.initial_severity]
         reasons.append(f"severity {facts.initial_severity} -> urgency {urgency}")
@@ -659,69 +760,6 @@ def with_correlation(facts: Facts, severity: Severity, occurrence_count: int) ->
 
 # --------------------------------------------------------------------------- default rules
 
-DEFAULT_RULE_SPECS: list[dict[str, Any]] = [
-    {
-        "id": "non-production",
-        "description": "Outside production the business is not hurt directly.",
-        "when": {"environment": ["staging", "stage", "dev", "development", "test", "qa", "sandbox"]},
-        "set": {"impact": 3},
-    },
-    {
-        "id": "security",
-        "when": {"keywords": ["security", "intrusion", "malware", "unauthorized", "breach", "cve-", "ransomware"]},
-        "set": {"category": "Security", "urgency": 1},
-    },
-    {
-        "id": "database-replication",
-        "when": {"keywords": ["replication", "replica lag", "standby"]},
-        "set": {"category": "Database", "subcategory": "Replication"},
-    },
-    {
-        "id": "database",
-        "when": {"keywords": ["database", "postgres", "mysql", "mariadb", "mongodb", "redis", "deadlock", "sql"]},
-        "set": {"category": "Database"},
-    },
-    {
-        "id": "certificates",
-        "when": {"keywords": ["certificate", "tls handshake", "ssl"]},
-        "set": {"category": "Access", "subcategory": "Certificates"},
-    },
-    {
-        "id": "access",
-        "when": {"keywords": ["login", "password", "permission denied", "access denied", "sso", "401", "403"]},
-        "set": {"category": "Access"},
-    },
-    {
-        "id": "dns",
-        "when": {"keywords": ["dns", "nxdomain", "name resolution"]},
-        "set": {"category": "Network", "subcategory": "DNS"},
-    },
-    {
-        "id": "network",
-        "when": {"keywords": ["network", "packet loss", "unreachable", "connection refused", "load balancer"]},
-        "set": {"category": "Network"},
-    },
-    {
-        "id": "storage",
-        "when": {"keywords": ["disk", "no space left", "inode", "volume", "storage", "bucket", "iops", "filesystem"]},
-        "set": {"category": "Storage"},
-    },
-    {
-        "id": "hardware",
-        "when": {"keywords": ["hardware", "power supply", "psu", "fan failure", "raid", "ecc", "temperature"]},
-        "set": {"category": "Hardware"},
-    },
-    {
-        "id": "server",
-        "when": {"keywords": ["cpu", "memory", "oom", "load average", "host down", "node down", "instance down"]},
-        "set": {"category": "Infrastructure/Server"},
-    },
-    {
-        "id": "application",
-        "when": {"keywords": ["error rate", "exception", "5xx", "http 500", "crash", "latency", "timeout"]},
-        "set": {"category": "Application"},
-    },
-]
 
 DEFAULT_RULES = build_rules(1, parse_rules(DEFAULT_RULE_SPECS), DEFAULT_TREE)
 

@@ -21,6 +21,10 @@ from triage.settings import Settings
 CONSUMED = {"IncidentLogged", "AlertCorrelated", "IncidentDetailsUpdated"}
 
 
+class VersionConflict(Exception):
+    """A configuration change was made from a version that is no longer in force."""
+
+
 class Triage:
     """Triage's write side; one per service instance."""
 
@@ -296,13 +300,27 @@ class Triage:
         return events
 
     async def change_config(
-        self, session: AsyncSession, kind: str, raw: dict[str, Any], actor: str, comment: str | None
+        self,
+        session: AsyncSession,
+        kind: str,
+        raw: dict[str, Any],
+        actor: str,
+        comment: str | None,
+        expected_version: int | None = None,
     ) -> tuple[int, dict[str, Any]]:
-        """Validate and put a new version in force; raises domain.ConfigError (nothing written)."""
+        """Validate and put a new version in force; raises domain.ConfigError, or VersionConflict
+        when `expected_version` is no longer the version in force (nothing written either way)."""
+        # Serialised: two admins saving at once get consecutive versions, never the same one.
         await store.lock_config(session)
         rows = await store.current_configs(session)
+        in_force = rows[kind].version if kind in rows else 1
+        if expected_version is not None and expected_version != in_force:
+            raise VersionConflict(
+                f"field 'expected_version': {kind} version {in_force} is in force, not {expected_version}; "
+                f"it was changed by {rows[kind].actor if kind in rows else 'nobody'} meanwhile. Reload and reapply"
+            )
         policy = store.policy_from(rows, {}, ())
-        version = (rows[kind].version if kind in rows else 1) + 1
+        version = in_force + 1
         body: dict[str, Any]
         if kind == "categories":
             tree = domain.build_tree(version, raw["categories"], raw.get("fallback"))

@@ -50,6 +50,7 @@ def category_inputs(facts: domain.Facts, c: domain.Categorization) -> dict[str, 
         "labels": dict(facts.labels),
         "title": facts.title,
         "matched_rules": list(c.matched_rules),
+        "matched_on": c.matched_on,
     }
 
 
@@ -74,9 +75,15 @@ def categorized(
         affected_service=c.affected_service,
         rule_id=c.rule_id,
         rule_set_version=c.rule_set_version,
-        reason=reason or (f"rule {c.rule_id} matched" if c.rule_id else "no rule matched: fallback category"),
+        reason=reason or _category_reason(c),
         inputs=category_inputs(facts, c),
     )
+
+
+def _category_reason(c: domain.Categorization) -> str:
+    if c.rule_id is None:
+        return "no rule matched: fallback category"
+    return f"rule {c.rule_id} matched" + (f" ({c.matched_on})" if c.matched_on else "")
 
 
 def prioritized(facts: domain.Facts, d: domain.Decision) -> IncidentPrioritized:

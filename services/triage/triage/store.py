@@ -79,7 +79,9 @@ def policy_from(
         tree = domain.build_tree(rows["categories"].version, body["categories"], body.get("fallback"))
     rules = domain.DEFAULT_RULES
     if "rules" in rows:
-        rules = domain.build_rules(rows["rules"].version, domain.parse_rules(rows["rules"].body["rules"]), tree)
+        rules = domain.build_rules(
+            rows["rules"].version, domain.parse_rules(rows["rules"].body["rules"]), tree, stored=True
+        )
     matrix = domain.DEFAULT_MATRIX
     if "matrix" in rows:
         matrix = domain.build_matrix(rows["matrix"].version, rows["matrix"].body["matrix"])
