@@ -8,9 +8,12 @@ SERVICES := intake triage assignment sla resolution reporting
 help:
 	@echo "make up | down | test | unit | lint | format | typecheck | bench | catalog | rebuild-reporting | clean"
 
-# The virtualenv is rebuilt when the pins or any package's metadata change.
+# The virtualenv is rebuilt when the pins or any package's metadata change. Debian ships venv
+# support (ensurepip) in its own package, python3-venv: both are installed here when missing.
 .venv/.installed: requirements.txt shared/pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproject.toml)
-	@command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
+	@command -v python3 >/dev/null && python3 -c 'import ensurepip' 2>/dev/null || { \
+	  echo "installing python3 and python3-venv from Debian packages"; export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq python3 python3-venv >/dev/null; }
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt

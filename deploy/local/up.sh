@@ -27,14 +27,16 @@ else
 fi
 PG_DIR=${PG_DIR:-$STATE_DIR/postgres} "$REPO/deploy/local/postgres.sh" createdb $(for s in "${SERVICES[@]}"; do echo "$DB_PREFIX$s"; done)
 
-# Credentials are made once and kept, so a second `make up` prints the same ones.
+# Credentials are made once and kept, so a second `make up` prints the same ones. The demo key has
+# the shape of keys intake issues (32 hex characters, PagerDuty's routing-key shape), so PagerDuty
+# client libraries take it as a routing_key.
 SECRETS=$STATE_DIR/secrets.env
 if [ ! -f "$SECRETS" ]; then
   umask 077
   cat >"$SECRETS" <<SECRETS_EOF
 OPSLEDGER_ADMIN_TOKEN=adm_$("$PY" -c 'import secrets; print(secrets.token_urlsafe(24))')
 OPSLEDGER_ANALYST_TOKEN=ana_$("$PY" -c 'import secrets; print(secrets.token_urlsafe(24))')
-OPSLEDGER_DEMO_INTEGRATION_KEY=olk_$("$PY" -c 'import secrets; print(secrets.token_urlsafe(24))')
+OPSLEDGER_DEMO_INTEGRATION_KEY=$("$PY" -c 'import secrets; print(secrets.token_hex(16))')
 SECRETS_EOF
 fi
 set -a; source "$SECRETS"; set +a
