@@ -8,12 +8,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
+import re2
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from opsledger.events.common import ImpactLevel, Severity
-from triage import regex_safety
 from triage.default_rules import DEFAULT_RULE_SPECS
 
 
@@ -166,9 +166,28 @@ SETTABLE = ("category", "subcategory", "affected_service", "impact", "urgency")
 
 # CamelCase alert names (KubePodCrashLooping, HighErrorRate) are matched word by word too.
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])|(?<=[A-Za-z])(?=[0-9])")
-# Regular expressions search at most this much of a text: what the screen in regex_safety lets
-# through can still cost O(n^2) over a search, and descriptions may be 64 KiB.
-REGEX_TEXT_LIMIT = 4096
+# Rule regexes run on RE2, which matches in time linear in the text: a pattern typed into a rule
+# can never hang the consumer and the API (Python's `re` backtracks: `(a+)+$` takes minutes on a
+# few dozen characters, and it cannot be interrupted). RE2 is also the syntax Prometheus and
+# Alertmanager users already write. Errors are reported to the caller, not logged by the engine.
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.case_sensitive = False  # alert titles are written by many hands
+_RE2_OPTIONS.log_errors = False
+# A version stored before rules ran on RE2 may use syntax RE2 lacks: it still loads (triage must
+# never stop over its own stored config), on Python's `re` over at most this much text.
+LEGACY_REGEX_TEXT_LIMIT = 4096
+
+
+class Searcher(Protocol):
+    def search(self, text: str) -> object | None: ...
+
+
+@dataclass(frozen=True)
+class _LegacyRegex:
+    pattern: re.Pattern[str]
+
+    def search(self, text: str) -> object | None:
+        return self.pattern.search(text[:LEGACY_REGEX_TEXT_LIMIT])
 
 
 def searchable(text: str) -> str:
@@ -196,9 +215,9 @@ class Rule:
     """A validated rule with its regular expressions compiled."""
 
     spec: RuleSpec
-    title_re: re.Pattern[str] | None = None
-    description_re: re.Pattern[str] | None = None
-    keywords_re: re.Pattern[str] | None = None
+    title_re: Searcher | None = None
+    description_re: Searcher | None = None
+    keywords_re: re.Pattern[str] | None = None  # built by keyword_pattern: no backtracking traps
 
     @property
     def id(self) -> str:
@@ -223,12 +242,9 @@ class Rule:
                 return False
         if self.keywords_re is not None and self.keywords_re.search(facts.keyword_text) is None:
             return False
-        if self.title_re is not None and not self.title_re.search(facts.title[:REGEX_TEXT_LIMIT]):
+        if self.title_re is not None and not self.title_re.search(facts.title):
             return False
-        return not (
-            self.description_re is not None
-            and not self.description_re.search((facts.description or "")[:REGEX_TEXT_LIMIT])
-        )
+        return not (self.description_re is not None and not self.description_re.search(facts.description or ""))
 
     def explain(self, facts: Facts) -> str:
         """Which of this rule's conditions held for `facts`, e.g. "keyword 'postgres*' (postgres)"."""
@@ -280,7 +296,7 @@ def parse_rules(raw: Sequence[Any]) -> list[RuleSpec]:
 
 def build_rules(version: int, specs: Sequence[RuleSpec], tree: CategoryTree, *, stored: bool = False) -> RuleSet:
     """Validate an ordered rule set against a category tree: not empty, unique ids, every rule
-    sets something, regular expressions compile and pass the backtracking screen, categories
+    sets something, regular expressions compile under RE2, categories
     exist, and no rule is shadowed by an earlier one for everything it sets. `stored`: a version
     accepted earlier is being reloaded; checks added since must not take it out of force (that
     would stop triage), so only what compiling needs is checked."""
@@ -303,7 +319,7 @@ def build_rules(version: int, specs: Sequence[RuleSpec], tree: CategoryTree, *, 
         if actions.category is not None:
             tree.check(actions.category, actions.subcategory, f"{where}.set")
         compiled = {
-            name: _compile(getattr(spec.when, name), f"{where}.when.{name}", screen=not stored)
+            name: _compile(getattr(spec.when, name), f"{where}.when.{name}", stored=stored)
             for name in ("title_regex", "description_regex")
         }
         keywords = re.compile("|".join(keyword_pattern(k) for k in spec.when.keywords)) if spec.when.keywords else None
@@ -313,22 +329,23 @@ def build_rules(version: int, specs: Sequence[RuleSpec], tree: CategoryTree, *, 
     return RuleSet(version, tuple(rules))
 
 
-def _compile(pattern: str | None, where: str, screen: bool = True) -> re.Pattern[str] | None:
+def _compile(pattern: str | None, where: str, stored: bool = False) -> Searcher | None:
     if pattern is None:
         return None
     try:
-        # Case-insensitive: alert titles are written by many hands.
-        compiled = re.compile(pattern, re.IGNORECASE)
-    except re.error as exc:
-        raise ConfigError(where, f"invalid regular expression {pattern!r}: {exc}") from exc
-    except (RecursionError, OverflowError) as exc:
-        raise ConfigError(where, f"regular expression {pattern!r} is too complex: {exc}") from exc
-    if screen:
-        try:
-            regex_safety.check(pattern, re.IGNORECASE)
-        except regex_safety.UnsafeRegex as exc:
-            raise ConfigError(where, f"regular expression {pattern!r} is refused: {exc}") from exc
-    return compiled
+        return re2.compile(pattern, _RE2_OPTIONS)  # type: ignore[no-any-return]
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        if stored:
+            try:
+                return _LegacyRegex(re.compile(pattern, re.IGNORECASE))
+            except re.error:
+                pass
+        raise ConfigError(
+            where,
+            f"invalid regular expression {pattern!r}: {reason} (RE2 syntax, as in Prometheus: no backreferences"
+            " or lookaround)",
+        ) from None
 
 
 def _subsumes(general: RuleConditions, specific: RuleConditions) -> bool:
