@@ -57,7 +57,8 @@ class Intake:
 
 async def topic_events(bootstrap: str, topic: str, at_least: int = 0) -> list[Envelope]:
     if at_least:
-        await read_topic(bootstrap, topic, until=lambda rs: len(rs) >= at_least)
+        waited = await read_topic(bootstrap, topic, until=lambda rs: len(rs) >= at_least)
+        assert len(waited) >= at_least, f"only {len(waited)} of the {at_least} events expected on {topic}"
     # Then read to the end, so a test also sees anything written beyond what it waited for.
     return [Envelope.from_bytes(r.value) for r in await read_topic(bootstrap, topic)]
 
