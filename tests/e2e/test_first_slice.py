@@ -113,6 +113,7 @@ async def test_alerts_become_triaged_incidents_with_a_full_timeline(platform: di
     async with (
         httpx.AsyncClient(base_url=platform["intake"].url, timeout=10) as intake,
         httpx.AsyncClient(base_url=platform["reporting"].url, headers=ANALYST, timeout=10) as reporting,
+        httpx.AsyncClient(base_url=platform["triage"].url, headers=ANALYST, timeout=10) as triage,
     ):
         am_incident, pd_incident = await post_alerts(intake)
         assert am_incident != pd_incident
@@ -129,9 +130,16 @@ async def test_alerts_become_triaged_incidents_with_a_full_timeline(platform: di
         assert (am["source"], am["status"], am["service"]) == ("alertmanager", "open", "checkout")
         assert am["severity"] == "critical" and am["dedup_key"] == "c0ffee1234567890"
         assert (pd["source"], pd["status"], pd["dedup_key"]) == ("pagerduty", "open", "db-1-disk-full")
+        # Triage's default rules read the alerts as a monitoring team would.
+        assert (am["category"], am["subcategory"]) == ("Application", "Errors")
+        assert (pd["category"], pd["subcategory"]) == ("Storage", "Capacity")
         for incident in (am, pd):
             assert incident["priority"] in {"P1", "P2", "P3", "P4", "P5"}
             assert incident["logged_at"] and incident["occurred_at"]
+            # The read model says what triage decided, and triage can say why.
+            decision = (await triage.get(f"/v1/incidents/{incident['incident_id']}/triage")).json()
+            assert (decision["category"], decision["priority"]) == (incident["category"], incident["priority"])
+            assert decision["explanation"]["priority"].startswith(incident["priority"])
 
         for incident_id in (am_incident, pd_incident):
             response = await reporting.get(f"/v1/incidents/{incident_id}/timeline")
