@@ -463,3 +463,19 @@ async def test_concurrent_and_hostile_configuration_changes(settings: Settings, 
 
     changes = await eventually(announced, what="one TriageRulesChanged per version")
     assert sorted(e.payload["version"] for e in changes) == [1, 2, 3, 4, 5]
+
+
+async def test_defaults_are_served_as_put_bodies_so_an_existing_install_can_adopt_them(
+    client: httpx.AsyncClient,
+) -> None:
+    for kind in ("categories", "rules", "matrix"):
+        defaults = await client.get(f"/v1/{kind}/defaults", headers=ANALYST)
+        assert defaults.status_code == 200, defaults.text
+        in_force = (await client.get(f"/v1/{kind}", headers=ANALYST)).json()
+        assert in_force["version"] == 1 and in_force["changed_by"] == "system:triage"
+        assert {k: v for k, v in in_force.items() if k in defaults.json()} == defaults.json(), kind
+        # Adopting them is a plain PUT of that body: a new version, announced like any change.
+        adopted = await client.put(f"/v1/{kind}", json=defaults.json(), headers=ADMIN)
+        assert adopted.status_code == 200 and adopted.json()["version"] == 2, adopted.text
+    assert (await client.get("/v1/rules/defaults")).status_code == 401
+    assert (await client.get("/v1/incidents/defaults", headers=ANALYST)).status_code == 422

@@ -144,6 +144,13 @@ async def _change(runtime: Runtime, kind: str, body_in: _ConfigBody, actor: str)
     return {"version": version, **body, "changed_by": actor, "comment": comment}
 
 
+@router.get("/{kind}/defaults")
+async def get_defaults(kind: Literal["categories", "rules", "matrix"], _: str = Depends(read_access)) -> dict[str, Any]:
+    """This release's defaults, as the body of a PUT: what a new install starts with. An existing
+    install keeps the configuration it has; to adopt newer defaults, PUT categories, then rules."""
+    return domain.default_bodies()[kind]
+
+
 @router.get("/categories")
 async def get_categories(runtime: Runtime = Depends(runtime_of), _: str = Depends(read_access)) -> dict[str, Any]:
     """The category tree in force."""

@@ -781,6 +781,15 @@ def with_correlation(facts: Facts, severity: Severity, occurrence_count: int) ->
 DEFAULT_RULES = build_rules(1, parse_rules(DEFAULT_RULE_SPECS), DEFAULT_TREE)
 
 
+def default_bodies() -> dict[str, dict[str, Any]]:
+    """The defaults of each configuration kind, as the body its PUT takes (and version 1 stores)."""
+    return {
+        "categories": DEFAULT_TREE.as_json(),
+        "rules": {"rules": DEFAULT_RULES.as_json()},
+        "matrix": {"matrix": DEFAULT_MATRIX.as_json()},
+    }
+
+
 def rules_using(rule_set: RuleSet, tree: CategoryTree) -> None:
     """Raise ConfigError naming the first rule whose category or subcategory the tree lacks."""
     for i, rule in enumerate(rule_set.rules):

@@ -282,13 +282,8 @@ class Triage:
         await store.lock_config(session)
         rows = await store.current_configs(session)
         now = self.clock.now()
-        defaults: dict[str, dict[str, Any]] = {
-            "categories": domain.DEFAULT_TREE.as_json(),
-            "rules": {"rules": domain.DEFAULT_RULES.as_json()},
-            "matrix": {"matrix": domain.DEFAULT_MATRIX.as_json()},
-        }
         events = []
-        for kind, body in defaults.items():
+        for kind, body in domain.default_bodies().items():
             if kind in rows:
                 continue
             comment = "defaults"
