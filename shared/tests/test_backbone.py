@@ -62,12 +62,18 @@ async def stage_ticks(settings: ServiceSettings, count: int, incidents: int = 4)
 
 
 @contextlib.asynccontextmanager
-async def consuming(settings: ServiceSettings, group: str | None = None) -> AsyncIterator[EventConsumer]:
-    """Run the Ticked consumer (with inbox) against `settings`' database until the block ends."""
+async def consuming(
+    settings: ServiceSettings, group: str | None = None, spec: ConsumerSpec | None = None
+) -> AsyncIterator[EventConsumer]:
+    """Run a consumer (by default the Ticked one, with inbox) against `settings`' database until
+    the block ends."""
     engine = make_engine(settings)
     producer = make_producer(settings)
     await producer.start()
-    spec = ConsumerSpec(name="ticks", topics=[settings.topic(Stream.INCIDENTS)], handler=app.apply_tick, group_id=group)
+    if spec is None:
+        spec = ConsumerSpec(
+            name="ticks", topics=[settings.topic(Stream.INCIDENTS)], handler=app.apply_tick, group_id=group
+        )
     consumer = EventConsumer(spec, settings, make_sessionmaker(engine), producer)
     await consumer.start()
     stop = asyncio.Event()
@@ -386,24 +392,11 @@ async def test_a_consumer_that_accepts_invalid_payloads_gets_them_with_the_reaso
     async def record(session: Any, deliveries: list[Delivery]) -> None:
         seen.extend(deliveries)
 
-    engine = make_engine(settings)
-    producer = make_producer(settings)
-    await producer.start()
     spec = ConsumerSpec(
         name="audit", topics=[settings.topic(Stream.INCIDENTS)], batch_handler=record, accept_invalid=True
     )
-    consumer = EventConsumer(spec, settings, make_sessionmaker(engine), producer)
-    await consumer.start()
-    stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-    try:
+    async with consuming(settings, spec=spec):
         await eventually(lambda: _async(len(seen) == 2), what="both events delivered")
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        await consumer.stop()
-        await producer.stop()
-        await engine.dispose()
     [bad] = [d for d in seen if d.payload is None]
     assert str(bad.envelope.event_id) == invalid["event_id"]
     assert bad.decode_error is not None and "invalid payload" in bad.decode_error and "n" in bad.decode_error
@@ -437,22 +430,9 @@ async def test_save_positions_covers_duplicates_and_dead_letters_at_the_end_of_a
     async def nothing_stored() -> dict[tuple[str, int], int]:
         return {}
 
-    engine = make_engine(settings)
-    producer = make_producer(settings)
-    await producer.start()
     spec = ConsumerSpec(
         name="positions", topics=[topic], handler=app.apply_tick, stored_positions=nothing_stored, save_positions=save
     )
-    consumer = EventConsumer(spec, settings, make_sessionmaker(engine), producer)
-    await consumer.start()
-    stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-    try:
+    async with consuming(settings, spec=spec):
         await eventually(lambda: _async(saved.get((topic, 0)) == 2), what="the last offset saved")
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        await consumer.stop()
-        await producer.stop()
-        await engine.dispose()
     assert await applied_rows(settings) == [(first.event_id, 1)]
