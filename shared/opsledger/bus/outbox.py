@@ -123,21 +123,19 @@ class OutboxRelay:
     async def _publish(self, rows: Sequence[Any]) -> None:
         """Publish `rows` (each on its topic, or on the dead-letter topic if too large for it);
         raises, so that nothing is marked sent, unless every one was acknowledged."""
-        fit = [r for r in rows if len(r.value) <= MAX_EVENT_BYTES]
-        # Only rows staged before Outbox.add checked sizes can be too large. They are never sent to
-        # their stream: a refused message breaks the idempotent producer's sequence (see producer).
-        oversized = [
-            DeadLetter(r.value, r.key, f"{len(r.value)} bytes, over the {MAX_EVENT_BYTES} a stream takes",
-                       {"source.topic": r.topic})
-            for r in rows
-            if len(r.value) > MAX_EVENT_BYTES
-        ]  # fmt: skip
-        for letter in oversized:
-            log.error("outbox relay: an event of %s goes to the dead-letter topic", letter.error)
-        await asyncio.gather(
-            send_all(self.producer, [Message(r.topic, r.value, r.key) for r in fit]),
-            send_dead_letters(self.producer, self.settings, oversized, "outbox-relay"),
-        )
+        fit: list[Message] = []
+        oversized: list[DeadLetter] = []
+        for r in rows:
+            if len(r.value) <= MAX_EVENT_BYTES:
+                fit.append(Message(r.topic, r.value, r.key))
+            else:
+                # Only a row staged before Outbox.add checked sizes. It is never sent to its stream:
+                # a message the broker refuses breaks the idempotent producer's sequence.
+                error = f"{len(r.value)} bytes, over the {MAX_EVENT_BYTES} a stream takes"
+                log.error("outbox relay: an event of %s goes to the dead-letter topic", error)
+                oversized.append(DeadLetter(r.value, r.key, error, {"source.topic": r.topic}))
+        await send_all(self.producer, fit)
+        await send_dead_letters(self.producer, self.settings, oversized, "outbox-relay")
 
     async def _mark_sent(self, session: AsyncSession, ids: list[int]) -> None:
         await session.execute(sa.update(outbox_table).where(outbox_table.c.id.in_(ids)).values(sent_at=sa.func.now()))
