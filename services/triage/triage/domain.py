@@ -296,10 +296,10 @@ def parse_rules(raw: Sequence[Any]) -> list[RuleSpec]:
 
 def build_rules(version: int, specs: Sequence[RuleSpec], tree: CategoryTree, *, stored: bool = False) -> RuleSet:
     """Validate an ordered rule set against a category tree: not empty, unique ids, every rule
-    sets something, regular expressions compile under RE2, categories
-    exist, and no rule is shadowed by an earlier one for everything it sets. `stored`: a version
-    accepted earlier is being reloaded; checks added since must not take it out of force (that
-    would stop triage), so only what compiling needs is checked."""
+    sets something, regular expressions compile under RE2, categories exist, and no rule is
+    shadowed by an earlier one for everything it sets. `stored`: a version accepted earlier is
+    being reloaded; checks added since must not take it out of force (that would stop triage), so
+    only what compiling needs is checked."""
     if not specs:
         raise ConfigError("rules", "the rule set is empty; give at least one rule")
     if len(specs) > MAX_RULES and not stored:
