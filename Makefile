@@ -42,11 +42,11 @@ format: venv
 	.venv/bin/ruff check --fix . && .venv/bin/ruff format .
 
 typecheck: venv
-	.venv/bin/mypy shared/opsledger
+	.venv/bin/mypy shared/opsledger $(foreach s,$(SERVICES),services/$(s)/$(s))
 
-# Regenerate the checked-in event catalog after changing an event schema.
+# Regenerate the checked-in event catalog (JSON Schema) and AsyncAPI document after changing an event schema.
 catalog: venv
-	$(PY) -m opsledger.events.catalog --write docs/events/catalog.json
+	$(PY) -m opsledger.events.catalog --write docs/events/catalog.json --asyncapi docs/events/asyncapi.yaml
 
 # Replay the whole log into a new reporting projection version, then switch to it atomically.
 rebuild-reporting: venv

@@ -37,7 +37,25 @@ from opsledger.bus import inbox
 from opsledger.bus.consumer import EventConsumer
 from opsledger.bus.topics import ensure_topics
 from opsledger.db import make_engine, make_sessionmaker
-from opsledger.events import Stream, derived_event_id
+from opsledger.events import EventPayload, Stream, derived_event_id
+from opsledger.events.assignment import (
+    AcknowledgementChannel,
+    EscalationCause,
+    IncidentAcknowledged,
+    IncidentAssigned,
+    IncidentEscalated,
+)
+from opsledger.events.common import PersonRef, SlaTargetKind
+from opsledger.events.resolution import (
+    ClosureCode,
+    IncidentClosed,
+    IncidentReopened,
+    IncidentResolved,
+    ReopenKind,
+    ReopenTrigger,
+    ResolutionCode,
+)
+from opsledger.events.sla import SlaBreached, SlaWarning
 from reporting.app import MIGRATIONS
 from reporting.settings import Settings
 from reporting.versions import projection_spec
@@ -48,6 +66,11 @@ CATEGORIES = [("Application", "Errors"), ("Database", "Capacity"), ("Network", "
 SOURCES = ["alertmanager", "alertmanager", "alertmanager", "grafana", "pagerduty", "generic", "manual"]
 SEVERITIES = ["critical", "high", "medium", "low", "info"]
 TEAMS = ["payments", "platform", "search", "data", "edge"]
+
+
+def typed(payload: EventPayload) -> dict[str, Any]:
+    """A payload as its schema validates and serialises it."""
+    return payload.model_dump(mode="json")
 
 
 def _iso(t: datetime) -> str:
@@ -130,29 +153,43 @@ class Generator:
                     "inputs": {**inputs, "occurrence_count": n + 2}, "matrix_version": 1,
                     "reason": "correlated alert raised severity to critical",
                 }, cause=events[-1]))  # fmt: skip
+        # The later stages' events, built through their typed schemas (what reporting decodes).
         team = rng.choice(TEAMS)
+        oncall = PersonRef(sub=f"{team}-oncall-{rng.randint(1, 4)}")
         events.append(self.envelope(incident, sid, "IncidentAssigned", later(rng.uniform(5, 60)), "assignment",
-                                    {"team": team, "assignee": f"{team}-oncall-{rng.randint(1, 4)}"}))  # fmt: skip
+                                    typed(IncidentAssigned(team_id=team, team_name=team, assignee=oncall, tier=0,
+                                                           reason=f"on call in {team} primary"))))  # fmt: skip
         events.append(self.envelope(incident, sid, "IncidentAcknowledged", later(rng.expovariate(1 / 300)),
-                                    "assignment", {"by": "oncall"}))  # fmt: skip
+                                    "assignment", typed(IncidentAcknowledged(via=AcknowledgementChannel.API,
+                                                                             by=oncall))))  # fmt: skip
         if rng.random() < 0.2:
-            events.append(self.envelope(incident, sid, "SlaWarning", later(rng.uniform(60, 600)), "sla",
-                                        {"target": "resolve", "threshold": 0.8}))  # fmt: skip
+            due = later(0) + timedelta(seconds=3600)
+            clock = {"target": SlaTargetKind.RESOLUTION, "target_seconds": 7200, "due_at": due, "policy_version": 1}
+            warned_at = later(rng.uniform(60, 600))
+            events.append(self.envelope(incident, sid, "SlaWarning", warned_at, "sla",
+                                        typed(SlaWarning(**clock, threshold_percent=75, threshold_at=warned_at,
+                                                         fired_at=warned_at))))  # fmt: skip
             if rng.random() < 0.4:
-                events.append(self.envelope(incident, sid, "SlaBreached", later(rng.uniform(60, 600)), "sla",
-                                            {"target": "resolve"}))  # fmt: skip
+                breached_at = later(rng.uniform(60, 600))
+                events.append(self.envelope(incident, sid, "SlaBreached", breached_at, "sla",
+                                            typed(SlaBreached(**clock, fired_at=breached_at))))  # fmt: skip
         if rng.random() < 0.1:
             events.append(self.envelope(incident, sid, "IncidentEscalated", later(rng.uniform(60, 900)), "assignment",
-                                        {"team": rng.choice(TEAMS), "level": 2}))  # fmt: skip
+                                        typed(IncidentEscalated(from_tier=0, to_tier=1, cause=EscalationCause.MANUAL,
+                                                                reason="bench"))))  # fmt: skip
         resolved = {"source": source, "dedup_key": dedup, "resolved_at": _iso(later(rng.expovariate(1 / 1800)))}
         events.append(self.envelope(incident, sid, "AlertResolved", t, "intake", resolved, corr=dedup))
-        events.append(self.envelope(incident, sid, "IncidentResolved", later(30), "resolution", {"auto": True}))
+        events.append(self.envelope(incident, sid, "IncidentResolved", later(30), "resolution",
+                                    typed(IncidentResolved(code=ResolutionCode.FIXED, auto=True))))  # fmt: skip
         if rng.random() < 0.05:
+            reopened = IncidentReopened(reason="alert fired again", by=ReopenTrigger(kind=ReopenKind.ALERT_REFIRED))
             events.append(self.envelope(incident, sid, "IncidentReopened", later(rng.uniform(300, 3600)),
-                                        "resolution", {"reason": "alert fired again"}))  # fmt: skip
+                                        "resolution", typed(reopened)))  # fmt: skip
+            again = IncidentResolved(code=ResolutionCode.WORKAROUND)
             events.append(self.envelope(incident, sid, "IncidentResolved", later(rng.uniform(300, 3600)),
-                                        "resolution", {"auto": False}))  # fmt: skip
-        events.append(self.envelope(incident, sid, "IncidentClosed", later(86400), "resolution", {}))
+                                        "resolution", typed(again)))  # fmt: skip
+        events.append(self.envelope(incident, sid, "IncidentClosed", later(86400), "resolution",
+                                    typed(IncidentClosed(code=ClosureCode.RESOLVED, auto=True))))  # fmt: skip
         return events
 
     def config_change(self, version: int) -> dict[str, Any]:

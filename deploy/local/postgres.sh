@@ -7,7 +7,7 @@ set -euo pipefail
 
 REPO=$(readlink -f "$(dirname "$0")/../..")
 PG_PORT=${PG_PORT:-5432}
-PG_DIR=${PG_DIR:-$REPO/.local/postgres}
+PG_DIR=$(readlink -m "${PG_DIR:-$REPO/.local/postgres}")  # absolute: the owner walk below climbs to /
 PG_USER=${PG_USER:-opsledger}
 PG_OS_USER=${PG_OS_USER:-opsledger}
 PG_START_TIMEOUT=${PG_START_TIMEOUT:-60}

@@ -9,7 +9,8 @@ export PG_PORT=${TEST_PG_PORT:-15432} KAFKA_PORT=${TEST_KAFKA_PORT:-19092}
 export PG_DIR=$TEST_DIR/postgres KAFKA_DIR=$TEST_DIR/kafka
 
 echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check .
-echo "== mypy shared/"; .venv/bin/mypy shared/opsledger
+echo "== mypy shared/ and every service"
+.venv/bin/mypy shared/opsledger $(for s in "${SERVICES[@]}"; do echo "services/$s/$s"; done)
 
 started=()
 cleanup() {

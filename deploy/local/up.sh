@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make up: PostgreSQL + Kafka + migrations + the six services, each a separate process, then
-# wait for every /readyz and write the URLs and credentials to $STATE_DIR/opsledger.env.
+# wait for every /readyz and write the URLs and credentials (demo users' JWTs, the demo integration
+# key) to $STATE_DIR/opsledger.env.
 # Idempotent: what already runs is left running. Ports: PG_PORT, KAFKA_PORT, <SERVICE>_PORT.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -34,19 +35,30 @@ SECRETS=$STATE_DIR/secrets.env
 if [ ! -f "$SECRETS" ]; then
   umask 077
   cat >"$SECRETS" <<SECRETS_EOF
-OPSLEDGER_ADMIN_TOKEN=adm_$("$PY" -c 'import secrets; print(secrets.token_urlsafe(24))')
-OPSLEDGER_ANALYST_TOKEN=ana_$("$PY" -c 'import secrets; print(secrets.token_urlsafe(24))')
 OPSLEDGER_DEMO_INTEGRATION_KEY=$("$PY" -c 'import secrets; print(secrets.token_hex(16))')
 SECRETS_EOF
 fi
+# The static shared tokens of earlier versions are gone: people now sign in with JWTs.
+sed -i '/^OPSLEDGER_\(ADMIN\|ANALYST\)_TOKEN=/d' "$SECRETS"
 set -a; source "$SECRETS"; set +a
+
+# People: a local signing key pair, made once under $STATE_DIR/auth (the services get only the
+# public key), and the demo users' JWTs (opsledger.devtokens), valid 30 days and re-minted when
+# they are more than 3 days old, so a second `make up` keeps the same ones.
+AUTH_DIR=$STATE_DIR/auth
+AUTH_ISSUER=${OPSLEDGER_AUTH_ISSUER:-opsledger-local}
+AUTH_AUDIENCE=${OPSLEDGER_AUTH_AUDIENCE:-opsledger}
+TOKENS=$STATE_DIR/tokens.env
+"$PY" -m opsledger.devtokens tokens --dir "$AUTH_DIR" --issuer "$AUTH_ISSUER" --audience "$AUTH_AUDIENCE" --out "$TOKENS"
+set -a; source "$TOKENS"; set +a
 
 service_env() {  # the environment one service process runs with
   local s=$1
   echo OPSLEDGER_SERVICE_NAME="$s" OPSLEDGER_PORT="$(service_port "$s")" OPSLEDGER_HOST=127.0.0.1 \
     OPSLEDGER_DATABASE_URL="postgresql+asyncpg://opsledger@127.0.0.1:$PG_PORT/$DB_PREFIX$s" \
     OPSLEDGER_KAFKA_BOOTSTRAP="127.0.0.1:$KAFKA_PORT" OPSLEDGER_TOPIC_PREFIX="$TOPIC_PREFIX" \
-    OPSLEDGER_ADMIN_TOKEN="$OPSLEDGER_ADMIN_TOKEN" OPSLEDGER_ANALYST_TOKEN="$OPSLEDGER_ANALYST_TOKEN" \
+    OPSLEDGER_AUTH_PUBLIC_KEY="$AUTH_DIR/public.pem" OPSLEDGER_AUTH_ISSUER="$AUTH_ISSUER" \
+    OPSLEDGER_AUTH_AUDIENCE="$AUTH_AUDIENCE" \
     OPSLEDGER_BOOTSTRAP_INTEGRATION_KEY="$OPSLEDGER_DEMO_INTEGRATION_KEY"
 }
 
@@ -74,8 +86,9 @@ ENV_FILE=$STATE_DIR/opsledger.env
 {
   echo "# Written by make up. Source it: set -a; . $ENV_FILE; set +a"
   for s in "${SERVICES[@]}"; do echo "OPSLEDGER_${s^^}_URL=http://127.0.0.1:$(service_port "$s")"; done
-  echo "OPSLEDGER_ADMIN_TOKEN=$OPSLEDGER_ADMIN_TOKEN"
-  echo "OPSLEDGER_ANALYST_TOKEN=$OPSLEDGER_ANALYST_TOKEN"
+  for who in ADMIN MANAGER RESPONDER RESPONDER2 ANALYST REPORTER; do
+    var="OPSLEDGER_${who}_TOKEN"; echo "$var=${!var}"
+  done
   echo "OPSLEDGER_DEMO_INTEGRATION_KEY=$OPSLEDGER_DEMO_INTEGRATION_KEY"
   echo "OPSLEDGER_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT"
   echo "OPSLEDGER_POSTGRES=postgresql://opsledger@127.0.0.1:$PG_PORT"

@@ -1,10 +1,15 @@
-"""Per-service async engine, sessions, and the backbone tables (outbox, inbox) every service has."""
+"""Per-service async engine, sessions, after-commit hooks, and the backbone tables (outbox, inbox,
+timers, leases) every service has."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session
 
 from opsledger.settings import ServiceSettings
 
@@ -23,8 +28,31 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-def backbone_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
-    """Declare the outbox and inbox tables on a service's metadata."""
+_AFTER_COMMIT = "opsledger.after_commit"
+
+
+def after_commit(session: AsyncSession | Session, callback: Callable[[], None]) -> None:
+    """Run `callback` once the session's current transaction commits (dropped on rollback).
+    Callbacks are wake-up hints (the relay, the timer runner): cheap, synchronous, repeatable."""
+    sync = session.sync_session if isinstance(session, AsyncSession) else session
+    callbacks: list[Callable[[], None]] = sync.info.setdefault(_AFTER_COMMIT, [])
+    if callback not in callbacks:
+        callbacks.append(callback)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    for callback in session.info.pop(_AFTER_COMMIT, []):
+        callback()
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_after_commit(session: Session) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
+
+
+def backbone_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table, sa.Table]:
+    """Declare the outbox, inbox, timers and leases tables on a metadata."""
     outbox = sa.Table(
         "outbox",
         metadata,
@@ -45,10 +73,32 @@ def backbone_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
         sa.Column("event_id", pg.UUID(as_uuid=True), primary_key=True),
         sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     )
-    return outbox, inbox
+    sa.Index("inbox_processed_at", inbox.c.processed_at)
+    timers = sa.Table(
+        "timers",
+        metadata,
+        # '<kind>:<what>': the kind picks the handler; rescheduling a key replaces its timer.
+        sa.Column("key", sa.Text, primary_key=True),
+        sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),  # what the timer is for
+        # When to fire: due_at, or later while a failing handler is retried (due_at stays, so the
+        # events it causes keep their ids). The count and error are kept for inspection.
+        sa.Column("fire_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("data", pg.JSONB, nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("last_error", sa.Text),
+    )
+    sa.Index("timers_fire_at", timers.c.fire_at)
+    sa.Table(
+        "leases",
+        metadata,
+        sa.Column("name", sa.Text, primary_key=True),
+        sa.Column("holder", pg.UUID(as_uuid=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    return outbox, inbox, timers
 
 
 # The backbone tables live on their own metadata so every service's migration can create them
 # with one call and the bus code can address them without knowing the service.
 backbone_metadata = sa.MetaData()
-outbox_table, inbox_table = backbone_tables(backbone_metadata)
+outbox_table, inbox_table, timers_table = backbone_tables(backbone_metadata)

@@ -30,3 +30,12 @@ HANDLER_LATENCY = Histogram(
 DEADLETTERED = Counter(
     "opsledger_deadlettered_total", "Messages sent to the dead-letter topic", ["service", "consumer"]
 )
+TIMERS_PENDING = Gauge("opsledger_timers_pending", "Durable timers scheduled and not yet fired", ["service"])
+TIMERS_FIRED = Counter("opsledger_timers_fired_total", "Durable timers fired", ["service"])
+TIMER_FAILURES = Counter("opsledger_timer_failures_total", "Timer handler failures (retried later)", ["service"])
+TIMER_FIRE_LAG = Histogram(
+    "opsledger_timer_fire_lag_seconds",
+    "From a timer's due time to its firing",
+    ["service"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)

@@ -9,20 +9,21 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Generic, TypeVar
 
+import orjson
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from opsledger import metrics, migrations
+from opsledger import metrics, migrations, problems, retry, uow
 from opsledger.bus.consumer import ConsumerSpec, EventConsumer
 from opsledger.bus.outbox import Outbox, OutboxRelay
 from opsledger.bus.producer import make_producer
@@ -32,32 +33,53 @@ from opsledger.clock import Clock
 from opsledger.db import make_engine, make_sessionmaker
 from opsledger.logs import configure_logging, log_context
 from opsledger.settings import ServiceSettings
+from opsledger.timers import TimerHandler, TimerRunner
 
 log = logging.getLogger(__name__)
 
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
 
 @dataclass
-class Runtime:
-    """Everything a request handler or event handler of a service may need."""
+class Runtime(Generic[SettingsT]):
+    """Everything a request handler or event handler of a service may need; typed by the
+    service's settings (`Runtime[Settings]`). A service that keeps objects of its own for the
+    process's lifetime subclasses it (typed attributes, or cached properties) and passes the
+    subclass to `create_app(runtime_type=...)`."""
 
-    settings: ServiceSettings
+    settings: SettingsT
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     outbox: Outbox
     clock: Clock = field(default_factory=Clock)
     producer: AIOKafkaProducer | None = None
+    timers: TimerRunner | None = None  # when the service registered timer handlers
     ready: bool = False
     not_ready_reason: str = "starting"
-    extras: dict[str, Any] = field(default_factory=dict)  # service-specific state
+
+    def unit_of_work(self) -> contextlib.AbstractAsyncContextManager[uow.UnitOfWork]:
+        """One transaction: state, staged events and timers commit together (see opsledger.uow)."""
+        return uow.unit_of_work(self.sessionmaker, self.outbox, self.clock)
 
 
-OnReady = Callable[[Runtime], Awaitable[None]]
+RuntimeT = TypeVar("RuntimeT", bound=Runtime[Any])
 
 
-def runtime_of(request: Request) -> Runtime:
+def runtime_of(request: Request) -> Runtime[Any]:
     """FastAPI dependency: the service's runtime."""
-    runtime: Runtime = request.app.state.runtime
+    runtime: Runtime[Any] = request.app.state.runtime
     return runtime
+
+
+async def unit_of_work_of(request: Request) -> AsyncIterator[uow.UnitOfWork]:
+    """FastAPI dependency: a unit of work committed when the endpoint returns, before the answer
+    is sent (declare it with `scope="function"`, as `UnitOfWorkDep` does)."""
+    async with runtime_of(request).unit_of_work() as unit:
+        yield unit
+
+
+RuntimeDep = Annotated[Runtime[Any], Depends(runtime_of)]
+UnitOfWorkDep = Annotated[uow.UnitOfWork, Depends(unit_of_work_of, scope="function")]
 
 
 class BodySizeLimit:
@@ -91,14 +113,10 @@ class BodySizeLimit:
             await self._too_large(send)
 
     async def _too_large(self, send: Send) -> None:
-        body = f'{{"detail":"request body is larger than {self.max_bytes} bytes"}}'.encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
-        )
+        message = f"request body is larger than {self.max_bytes} bytes"
+        body = orjson.dumps(problems.body(413, message, [problems.FieldError("body", message)]))
+        headers = [(b"content-type", problems.MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 
@@ -117,24 +135,27 @@ def create_app(
     title: str,
     migrations_dir: Path,
     routers: Sequence[APIRouter] = (),
-    consumers: Callable[[Runtime], Sequence[ConsumerSpec]] = lambda runtime: (),
-    on_ready: OnReady | None = None,
+    consumers: Callable[[RuntimeT], Sequence[ConsumerSpec]] = lambda runtime: (),
+    timers: Callable[[RuntimeT], Mapping[str, TimerHandler]] | None = None,
+    on_ready: Callable[[RuntimeT], Awaitable[None]] | None = None,
     max_body_bytes: int = 1024 * 1024,
     clock: Clock | None = None,
+    runtime_type: type[RuntimeT] = Runtime,  # type: ignore[assignment]
 ) -> FastAPI:
-    """Build a service. `consumers` gets the runtime so handlers can close over it."""
+    """Build a service. `consumers` and `timers` get the runtime so handlers can close over it;
+    `timers` maps a timer kind to its handler (a runner is started when given)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.service_name, settings.log_level, settings.log_json)
         engine = make_engine(settings)
-        runtime = Runtime(settings, engine, make_sessionmaker(engine), Outbox(settings), clock=clock or Clock())
+        runtime = runtime_type(settings, engine, make_sessionmaker(engine), Outbox(settings), clock=clock or Clock())
         app.state.runtime = runtime
         stop = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
         workers: list[EventConsumer] = []
         boot = asyncio.create_task(
-            _boot(runtime, migrations_dir, consumers, on_ready, stop, tasks, workers), name="boot"
+            _boot(runtime, migrations_dir, consumers, timers, on_ready, stop, tasks, workers), name="boot"
         )
         try:
             yield
@@ -158,6 +179,7 @@ def create_app(
             log.info("%s stopped", settings.service_name)
 
     app = FastAPI(title=title, lifespan=lifespan)
+    problems.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
 
     @app.middleware("http")
@@ -182,7 +204,7 @@ def create_app(
     @app.get("/readyz", tags=["operations"])
     async def readyz(request: Request) -> JSONResponse:
         """Database and Kafka reachable, migrations done, consumers running."""
-        runtime: Runtime = request.app.state.runtime
+        runtime = runtime_of(request)
         if not runtime.ready:
             return JSONResponse({"status": "not ready", "reason": runtime.not_ready_reason}, status_code=503)
         try:
@@ -207,10 +229,11 @@ def create_app(
 
 
 async def _boot(
-    runtime: Runtime,
+    runtime: RuntimeT,
     migrations_dir: Path,
-    consumers: Callable[[Runtime], Sequence[ConsumerSpec]],
-    on_ready: OnReady | None,
+    consumers: Callable[[RuntimeT], Sequence[ConsumerSpec]],
+    timers: Callable[[RuntimeT], Mapping[str, TimerHandler]] | None,
+    on_ready: Callable[[RuntimeT], Awaitable[None]] | None,
     stop: asyncio.Event,
     tasks: list[asyncio.Task[None]],
     workers: list[EventConsumer],
@@ -220,18 +243,10 @@ async def _boot(
     settings = runtime.settings
 
     async def step(name: str, action: Callable[[], Awaitable[None]]) -> None:
-        delay = 0.5
-        while True:
-            try:
-                await action()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                runtime.not_ready_reason = f"{name}: {type(exc).__name__}: {exc}"
-                log.warning("%s failed, retrying in %.1fs: %s", name, delay, runtime.not_ready_reason)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, settings.startup_retry_max_seconds)
+        def show(exc: BaseException) -> None:
+            runtime.not_ready_reason = f"{name}: {type(exc).__name__}: {exc}"
+
+        await retry.forever(action, what=name, initial=0.5, maximum=settings.startup_retry_max_seconds, on_failure=show)
 
     async def check_database() -> None:
         async with runtime.engine.connect() as conn:
@@ -239,7 +254,7 @@ async def _boot(
 
     async def migrate() -> None:
         if settings.run_migrations:
-            await asyncio.to_thread(migrations.upgrade, migrations_dir, settings.database_url)
+            await migrations.upgrade_async(migrations_dir, settings.database_url)
 
     async def start_producer() -> None:
         producer = make_producer(settings)
@@ -255,9 +270,26 @@ async def _boot(
     await step("kafka topics", lambda: ensure_topics(settings))
     await step("kafka producer", start_producer)
     assert runtime.producer is not None
-    await reconcile_quietly(settings)
     relay = OutboxRelay(settings, runtime.sessionmaker, runtime.producer, runtime.outbox)
-    tasks.append(asyncio.create_task(relay.run(stop), name="outbox-relay"))
+
+    async def reconcile_then_relay() -> None:
+        # Reconciliation may wait for a killed predecessor's relay lease to expire: the service
+        # need not wait with it, only the relay does.
+        await reconcile_quietly(settings)
+        await relay.run(stop)
+
+    tasks.append(asyncio.create_task(reconcile_then_relay(), name="outbox-relay"))
+    timer_handlers = timers(runtime) if timers is not None else {}
+    if timer_handlers:
+        runtime.timers = TimerRunner(
+            settings.service_name,
+            runtime.sessionmaker,
+            timer_handlers,
+            runtime.clock,
+            batch_size=settings.timer_batch_size,
+            max_idle_seconds=settings.timer_max_idle_seconds,
+        )
+        tasks.append(asyncio.create_task(runtime.timers.run(stop), name="timer-runner"))
     for spec in consumers(runtime):
         worker = EventConsumer(spec, settings, runtime.sessionmaker, runtime.producer, runtime.outbox)
         await step(f"consumer {spec.name}", worker.start)
@@ -272,11 +304,4 @@ async def _boot(
 
 async def supervise(worker: EventConsumer, stop: asyncio.Event) -> None:
     """Keep a consumer loop running; an unexpected crash is logged and the loop restarted."""
-    while not stop.is_set():
-        try:
-            await worker.run(stop)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("consumer %s crashed; restarting in 2s", worker.spec.name)
-            await asyncio.sleep(2)
+    await retry.forever(lambda: worker.run(stop), what=f"consumer {worker.spec.name}", initial=1.0, maximum=10.0)

@@ -11,11 +11,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from opsledger.bus.outbox import Outbox, OutboxRelay
 from opsledger.bus.producer import make_producer
-from opsledger.db import backbone_metadata, make_engine, make_sessionmaker
+from opsledger.db import backbone_metadata, make_engine, make_sessionmaker, outbox_table
 from opsledger.events import Envelope, EventPayload, Stream, event, new_event, registry
 from opsledger.settings import ServiceSettings
 
@@ -82,13 +82,23 @@ RELAYS: dict[str, type[OutboxRelay]] = {
 }
 
 
+async def unsent(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        count = await conn.scalar(
+            sa.select(sa.func.count()).select_from(outbox_table).where(outbox_table.c.sent_at.is_(None))
+        )
+        return int(count or 0)
+
+
 async def run_relay(settings: ServiceSettings, mode: str) -> None:
     engine = make_engine(settings)
     producer = make_producer(settings)
     await producer.start()
     relay = RELAYS[mode](settings, make_sessionmaker(engine), producer, Outbox(settings))
-    while await relay.publish_batch():
-        pass
+    # Until the outbox is drained: a relay killed before may still hold the lease for a while.
+    while await relay.publish_batch() or await unsent(engine):  # noqa: ASYNC110 (polls the database)
+        await asyncio.sleep(0.1)
+    await relay.release()
     await producer.stop()
     await engine.dispose()
 

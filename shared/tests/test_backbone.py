@@ -10,6 +10,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from opsledger.bus.outbox import EventTooLarge, Outbox, OutboxRelay
 from opsledger.bus.producer import make_producer
 from opsledger.bus.reconcile import reconcile_outbox
 from opsledger.bus.topics import MAX_DEAD_LETTER_BYTES, MAX_EVENT_BYTES, TOPIC_HEADROOM_BYTES, ensure_topics
-from opsledger.db import make_engine, make_sessionmaker, outbox_table
+from opsledger.db import inbox_table, make_engine, make_sessionmaker, outbox_table
 from opsledger.events import Stream
 from opsledger.settings import ServiceSettings
 from opsledger.testing import TestInfra, eventually, read_topic
@@ -111,6 +112,7 @@ def run_relay_process(settings: ServiceSettings, mode: str) -> int:
         "OPSLEDGER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "OPSLEDGER_TOPIC_PREFIX": settings.topic_prefix,
         "OPSLEDGER_SERVICE_NAME": "relay-process",
+        "OPSLEDGER_RELAY_LEASE_SECONDS": "1",  # a killed relay's lease expires soon
     }
     done = subprocess.run([sys.executable, str(HERE / "backbone_app.py"), mode], env=env, timeout=120, check=False)
     return done.returncode
@@ -436,3 +438,117 @@ async def test_save_positions_covers_duplicates_and_dead_letters_at_the_end_of_a
     async with consuming(settings, spec=spec):
         await eventually(lambda: _async(saved.get((topic, 0)) == 2), what="the last offset saved")
     assert await applied_rows(settings) == [(first.event_id, 1)]
+
+
+class _WatchedRelay(OutboxRelay):
+    """Records, while its batch waits for Kafka's acknowledgement, how many database connections
+    it holds, and whether another transaction can lock the batch's rows and its lease."""
+
+    seen: list[tuple[int, bool]] = []
+
+    async def _publish(self, rows: Any) -> None:
+        held = self.sessionmaker.kw["bind"].pool.checkedout()
+        engine = make_engine(self.settings)
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(sa.text("SET lock_timeout = '200ms'"))
+                ids = [r.id for r in rows]
+                await conn.execute(sa.select(outbox_table.c.id).where(outbox_table.c.id.in_(ids)).with_for_update())
+                await conn.execute(sa.text("SELECT * FROM leases FOR UPDATE"))
+                await conn.rollback()
+            self.seen.append((held, True))
+        finally:
+            await engine.dispose()
+        await super()._publish(rows)
+
+
+async def test_two_relays_publish_each_event_once_in_order_holding_nothing_while_kafka_acknowledges(
+    infra: TestInfra, make_database: Any, topic_prefix: str
+) -> None:
+    settings = await make_settings(infra, make_database, topic_prefix)
+    settings = settings.model_copy(update={"relay_batch_size": 40})
+    await stage_ticks(settings, 400, incidents=5)
+    engine = make_engine(settings)
+    engines = [make_engine(settings), make_engine(settings)]
+    producers = [make_producer(settings), make_producer(settings)]
+    for p in producers:
+        await p.start()
+    relays = [
+        _WatchedRelay(settings, make_sessionmaker(e), p, Outbox(settings))
+        for e, p in zip(engines, producers, strict=True)
+    ]
+    _WatchedRelay.seen = []
+
+    async def drain(relay: OutboxRelay) -> int:
+        sent = 0
+        while await backbone_unsent(engine):
+            sent += await relay.publish_batch()
+            await asyncio.sleep(0)
+        return sent
+
+    try:
+        counts = await asyncio.gather(*(drain(r) for r in relays))
+    finally:
+        for p in producers:
+            await p.stop()
+        for e in (engine, *engines):
+            await e.dispose()
+    assert sum(counts) == 400
+    assert _WatchedRelay.seen and all(held == 0 for held, _ in _WatchedRelay.seen), "no connection held"
+    records = await read_topic(settings.kafka_bootstrap, settings.topic(Stream.INCIDENTS))
+    ticks = [orjson.loads(r.value) for r in records]
+    assert len(ticks) == 400 and len({t["event_id"] for t in ticks}) == 400, "each event once on the log"
+    by_incident: dict[str, list[int]] = {}
+    for t in ticks:
+        by_incident.setdefault(t["incident_id"], []).append(t["payload"]["n"])
+    assert all(ns == sorted(ns) for ns in by_incident.values()), "one incident's events stay in order"
+
+
+async def backbone_unsent(engine: Any) -> int:
+    return await app.unsent(engine)  # type: ignore[no-any-return]
+
+
+async def test_existing_topics_are_brought_to_the_stream_configuration(infra: TestInfra, topic_prefix: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    settings = ServiceSettings(kafka_bootstrap=infra.kafka_bootstrap, topic_prefix=topic_prefix, topic_partitions=1)
+    topic = settings.topic(Stream.INCIDENTS)
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+    await admin.start()
+    try:
+        # As an older release (or a person) left it: the broker's default size, a 7-day retention.
+        await admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"retention.ms": "604800000"})])
+        await ensure_topics(settings)
+        await ensure_topics(settings)  # a second start finds nothing to change
+        [described] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        config = {entry[0]: entry[1] for entry in described.resources[0][4]}
+    finally:
+        await admin.close()
+    assert config["retention.ms"] == "-1"
+    assert config["retention.bytes"] == "-1"
+    assert config["max.message.bytes"] == str(MAX_EVENT_BYTES + TOPIC_HEADROOM_BYTES)
+
+
+async def test_inbox_rows_older_than_the_retention_are_purged(
+    infra: TestInfra, make_database: Any, topic_prefix: str
+) -> None:
+    settings = await make_settings(infra, make_database, topic_prefix)
+    settings = settings.model_copy(update={"inbox_retention_days": 30})
+    engine = make_engine(settings)
+    old, recent = uuid.uuid4(), uuid.uuid4()
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.insert(inbox_table),
+            [
+                {"consumer": "c", "event_id": old, "processed_at": now - timedelta(days=31)},
+                {"consumer": "c", "event_id": recent, "processed_at": now - timedelta(days=29)},
+            ],
+        )
+    relay = OutboxRelay(settings, make_sessionmaker(engine), AIOKafkaProducer(), Outbox(settings))
+    await relay.publish_batch()  # its first pass purges (then every 500th)
+    async with engine.connect() as conn:
+        kept = set((await conn.execute(sa.select(inbox_table.c.event_id))).scalars())
+    await engine.dispose()
+    assert kept == {recent}

@@ -30,6 +30,20 @@ def test_kafka_image_is_the_version_run_locally() -> None:
     assert COMPOSE["services"]["kafka"]["environment"]["KAFKA_LOG_RETENTION_MS"] == "-1"
 
 
+def test_the_log_and_the_databases_live_in_named_volumes() -> None:
+    """`docker compose down && up` keeps the log (the source of truth) and the databases: each is
+    written where a named volume is mounted, not inside the container."""
+    named = set(COMPOSE.get("volumes") or {})
+    kafka = COMPOSE["services"]["kafka"]
+    mounts = dict(v.split(":", 1) for v in kafka["volumes"])
+    log_dirs = kafka["environment"]["KAFKA_LOG_DIRS"]
+    assert any(mounts.get(volume) == log_dirs for volume in named), f"{log_dirs} is not a named volume's mount"
+    postgres = COMPOSE["services"]["postgres"]
+    data = postgres.get("environment", {}).get("PGDATA", "/var/lib/postgresql/data")
+    pg_mounts = dict(v.split(":", 1) for v in postgres["volumes"] if ":" in v)
+    assert any(data.startswith(pg_mounts.get(volume, "\0")) for volume in named), "PostgreSQL data not in a volume"
+
+
 @pytest.mark.parametrize("service", SERVICES)
 def test_service_matches_its_settings(service: str) -> None:
     spec = COMPOSE["services"][service]
@@ -61,3 +75,50 @@ def test_dockerfile_has_a_target_per_service_and_databases_exist() -> None:
         assert re.search(rf"^FROM base AS {service}$", dockerfile, re.M), f"no build target {service}"
         assert f'CMD ["python", "-m", "{service}"]' in dockerfile
         assert f"CREATE DATABASE opsledger_{service};" in created
+
+
+INTERPOLATION = re.compile(r"^\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<rest>.*))?\}$", re.S)
+
+
+def interpolated(value: str) -> tuple[str, str | None, str]:
+    """`${NAME:-default}` / `${NAME:?message}` as (NAME, operator, default or message)."""
+    match = INTERPOLATION.match(value)
+    assert match, f"{value!r} is not taken from the environment"
+    return match["name"], match["op"], match["rest"] or ""
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_people_are_verified_with_keys_from_the_environment_and_no_default_that_works(service: str) -> None:
+    env = COMPOSE["services"][service]["environment"]
+    assert not {"OPSLEDGER_ADMIN_TOKEN", "OPSLEDGER_ANALYST_TOKEN"} & set(env), "the static shared tokens are gone"
+    # The issuer and audience must be given: compose refuses to start without them.
+    for name in ("OPSLEDGER_AUTH_ISSUER", "OPSLEDGER_AUTH_AUDIENCE"):
+        assert interpolated(env[name])[:2] == (name, ":?"), env[name]
+    # The JWKS URL and the public key come from the environment, with an empty default only.
+    for name in ("OPSLEDGER_AUTH_JWKS_URL", "OPSLEDGER_AUTH_PUBLIC_KEY"):
+        assert interpolated(env[name]) == (name, ":-", ""), env[name]
+    # Every credential-like variable defaults to nothing.
+    for name, value in env.items():
+        if any(word in name for word in ("KEY", "TOKEN", "SECRET", "PASSWORD")) and "$" in str(value):
+            assert interpolated(value)[2] == "" or interpolated(value)[1] == ":?", f"{name} has a default: {value}"
+    # With those defaults the service trusts no token: empty means unset, and the algorithms parse.
+    algorithms = interpolated(env["OPSLEDGER_AUTH_ALGORITHMS"])[2]
+    settings = settings_of(service)(
+        auth_issuer="https://issuer.example", auth_audience="opsledger", auth_jwks_url="", auth_public_key="",
+        auth_algorithms=algorithms, auth_roles_claim=interpolated(env["OPSLEDGER_AUTH_ROLES_CLAIM"])[2],
+    )  # fmt: skip
+    assert settings.auth_jwks_url is None and settings.auth_public_key is None
+    assert all(not a.startswith("HS") for a in settings.auth_algorithms)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_migrations_ship_inside_the_service_package(service: str) -> None:
+    """The image installs each service as a plain package: its migrations must be package data."""
+    package = ROOT / "services" / service / service
+    assert (package / "migrations" / "env.py").exists()
+    assert list((package / "migrations" / "versions").glob("0001_*.py"))
+    assert package / "migrations" == importlib.import_module(f"{service}.app").MIGRATIONS
+    pyproject = (ROOT / "services" / service / "pyproject.toml").read_text()
+    assert '"migrations/*.py"' in pyproject and '"migrations/versions/*.py"' in pyproject
+    dockerfile = (ROOT / "deploy/docker/Dockerfile").read_text()
+    assert f"pip install --no-deps ./services/{service}" in dockerfile

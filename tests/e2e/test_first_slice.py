@@ -12,12 +12,13 @@ from typing import Any
 import httpx
 import pytest
 
-from opsledger.testing import ServiceProcess, TestInfra, eventually
+from opsledger.testing import ServiceProcess, TestInfra, eventually, session_tokens
 
 pytestmark = pytest.mark.integration
 
 INTEGRATION_KEY = "e2e-integration-key-0123456789"
-ANALYST = {"Authorization": "Bearer e2e-analyst"}
+TOKENS = session_tokens()
+ANALYST = TOKENS.headers("e2e-analyst", "analyst", name="E2E Analyst")
 
 ALERTMANAGER = {
     "version": "4",
@@ -74,8 +75,7 @@ async def platform(
         "OPSLEDGER_KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
         "OPSLEDGER_TOPIC_PREFIX": topic_prefix,
         "OPSLEDGER_TOPIC_PARTITIONS": "3",
-        "OPSLEDGER_ADMIN_TOKEN": "e2e-admin",
-        "OPSLEDGER_ANALYST_TOKEN": "e2e-analyst",
+        **TOKENS.env(),
         "OPSLEDGER_RELAY_POLL_SECONDS": "0.05",
         "OPSLEDGER_LOG_JSON": "true",
     }

@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import jwt
 import pytest
 
-from opsledger.testing import TestInfra
+from opsledger.devtokens import DEMO_USERS
+from opsledger.testing import TestInfra, eventually
 from opsledger.testing.helpers import free_port
 
 pytestmark = pytest.mark.integration
@@ -54,7 +58,8 @@ async def test_make_up_starts_every_service_ready_and_make_down_stops_them(infra
         values = read_env_file(tmp_path / "opsledger.env")
         for s, port in ports.items():
             assert values[f"OPSLEDGER_{s.upper()}_URL"] == f"http://127.0.0.1:{port}"
-        assert values["OPSLEDGER_ADMIN_TOKEN"] and values["OPSLEDGER_DEMO_INTEGRATION_KEY"]
+        assert values["OPSLEDGER_DEMO_INTEGRATION_KEY"]
+        await _demo_tokens_work(tmp_path, values)
         async with httpx.AsyncClient(timeout=5) as client:
             for s, port in ports.items():
                 ready = await client.get(f"http://127.0.0.1:{port}/readyz")
@@ -79,6 +84,46 @@ async def test_make_up_starts_every_service_ready_and_make_down_stops_them(infra
                 await client.get(f"http://127.0.0.1:{port}/healthz")
     # Kafka and PostgreSQL were not started by this make up, so make down left them running.
     assert (await _pg_alive(infra)) is True
+
+
+async def _demo_tokens_work(state: Path, values: dict[str, str]) -> None:
+    """Every demo user's JWT names its person, lives 30 days, and the services accept it."""
+    public_key = (state / "auth" / "public.pem").read_text()
+    for user in DEMO_USERS:
+        claims = jwt.decode(
+            values[user.env_name],
+            public_key,
+            algorithms=["RS256", "ES256"],
+            audience="opsledger",
+            issuer="opsledger-local",
+        )
+        assert (claims["sub"], claims["name"], claims["email"], claims["roles"]) == (
+            user.sub, user.name, user.email, list(user.roles),
+        )  # fmt: skip
+        assert claims["exp"] - time.time() >= 29.9 * 86400, f"{user.env_name} expires too soon"
+    assert not (state / "auth" / "private.pem").stat().st_mode & 0o077, "the private key is readable by others"
+
+    def bearer(who: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {values[f'OPSLEDGER_{who}_TOKEN']}"}
+
+    intake, reporting = values["OPSLEDGER_INTAKE_URL"], values["OPSLEDGER_REPORTING_URL"]
+    async with httpx.AsyncClient(timeout=10) as client:
+        assert (await client.get(f"{reporting}/v1/incidents", headers=bearer("ANALYST"))).status_code == 200
+        assert (await client.get(f"{reporting}/v1/incidents")).status_code == 401
+        refused = await client.post(f"{reporting}/v1/admin/rebuild", headers=bearer("ANALYST"))
+        assert refused.status_code == 403 and refused.headers["content-type"] == "application/problem+json"
+        report = {"title": "Checkout page blank for some users", "service": "checkout"}
+        logged = await client.post(f"{intake}/v1/incidents", json=report, headers=bearer("REPORTER"))
+        assert logged.status_code == 201, logged.text
+        incident = logged.json()["incident_id"]
+
+        async def recorded() -> list[dict[str, Any]]:
+            answer = await client.get(f"{reporting}/v1/incidents/{incident}/timeline", headers=bearer("RESPONDER"))
+            events: list[dict[str, Any]] = answer.json()["events"] if answer.status_code == 200 else []
+            return events
+
+        [first, *_] = await eventually(recorded, timeout=60, what="the report reaches reporting")
+    assert first["event_type"] == "IncidentLogged" and first["actor"] == "user:demo-reporter"
 
 
 async def _drop(infra: TestInfra, name: str) -> None:

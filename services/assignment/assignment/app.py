@@ -5,26 +5,32 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from assignment.handlers import on_incident_event
+from assignment.handlers import stage
 from assignment.settings import Settings
 from opsledger.bus.consumer import ConsumerSpec
+from opsledger.clock import Clock
 from opsledger.events import Stream
 from opsledger.service import Runtime, create_app
+from opsledger.timers import TimerHandler
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"  # shipped inside the package
 
 
-def build(settings: Settings | None = None) -> FastAPI:
+def build(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
     settings = settings or Settings()
 
-    def consumers(runtime: Runtime) -> Sequence[ConsumerSpec]:
-        return [
-            ConsumerSpec(
-                name="incidents",
-                topics=[settings.topic(Stream.INCIDENTS)],
-                handler=on_incident_event,
-                event_types={"IncidentLogged"},
-            )
-        ]
+    def consumers(runtime: Runtime[Settings]) -> Sequence[ConsumerSpec]:
+        topics = [settings.topic(Stream.INCIDENTS)]
+        return [stage.consumer("incidents", topics, runtime.outbox, runtime.clock)]
 
-    return create_app(settings, title="OpsLedger assignment", migrations_dir=MIGRATIONS, consumers=consumers)
+    def timers(runtime: Runtime[Settings]) -> dict[str, TimerHandler]:
+        return stage.timer_handlers(runtime.outbox, runtime.clock)
+
+    return create_app(
+        settings,
+        title="OpsLedger assignment",
+        migrations_dir=MIGRATIONS,
+        consumers=consumers,
+        timers=timers,
+        clock=clock,
+    )

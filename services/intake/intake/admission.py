@@ -12,8 +12,6 @@ from collections.abc import AsyncIterator
 from prometheus_client import Counter
 
 from intake.errors import Rejected
-from intake.settings import Settings
-from opsledger.service import Runtime
 
 RETRY_AFTER = {"Retry-After": "1"}
 SHED = Counter("opsledger_intake_shed_total", "Write requests answered 503 because intake was overloaded")
@@ -47,18 +45,3 @@ class Admission:
 def _overloaded(reason: str) -> Rejected:
     SHED.inc()
     return Rejected(503, f"overloaded ({reason}), retry later", headers=RETRY_AFTER)
-
-
-def admission(runtime: Runtime) -> Admission:
-    """The process's admission gate (created on first use, from the settings)."""
-    gate = runtime.extras.get("admission")
-    if gate is None:
-        settings = runtime.settings
-        assert isinstance(settings, Settings)
-        # Leave connections for the outbox relay, the consumer and /readyz (pool + overflow).
-        default = max(1, 2 * settings.db_pool_size - 4)
-        gate = runtime.extras["admission"] = Admission(
-            settings.max_in_flight or default, settings.max_waiting, settings.max_wait_seconds
-        )
-    assert isinstance(gate, Admission)
-    return gate

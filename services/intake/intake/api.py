@@ -3,31 +3,36 @@ in the same transaction as intake's state; bad input gets a 4xx naming the field
 
 from __future__ import annotations
 
-import hmac
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import exc as sa_exc
+from starlette.responses import Response
 
 from intake import errors, formats
-from intake.errors import FieldError, JSONAnswer, Rejected
+from intake.domain import Action
+from intake.errors import FieldError, JSONAnswer, PagerDutyError, Rejected
 from intake.ingest import ingest_alerts, ingest_report
-from intake.integrations import Integration, authenticate
-from opsledger.auth import bearer_token
+from intake.integration_keys import Integration
+from intake.integrations import authenticate
+from intake.runtime import IntakeRuntime
+from opsledger.auth import Principal, bearer_token, check_roles, looks_like_jwt, verifier_of
 from opsledger.logs import current_correlation_id
-from opsledger.service import Runtime
+from opsledger.problems import ProblemDetails
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["alerts"])
+# Who may report an incident with a person's token (an integration key may too).
+REPORT_ROLES = ("reporter", "responder", "manager", "admin")
 
 
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
+def _runtime(request: Request) -> IntakeRuntime:
+    runtime: IntakeRuntime = request.app.state.runtime
     return runtime
 
 
@@ -39,8 +44,8 @@ def _correlation(request: Request) -> str:
 
 
 async def _guard(
-    request: Request, render: Callable[[Rejected], JSONAnswer], work: Callable[[], Awaitable[JSONAnswer]]
-) -> JSONAnswer:
+    request: Request, render: Callable[[Rejected], Response], work: Callable[[], Awaitable[Response]]
+) -> Response:
     runtime = _runtime(request)
     if not runtime.ready:
         return render(Rejected(503, f"not ready: {runtime.not_ready_reason}", headers={"Retry-After": "1"}))
@@ -60,12 +65,83 @@ async def _guard(
         return render(Rejected(503, "database unavailable, retry later", headers={"Retry-After": "1"}))
 
 
-def _json_schema(model: type[Any]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {"title": model.__name__}}}}}
+def _request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """`model`'s JSON Schema as the route's documented request body. The routes read their bodies
+    by hand (size, depth and error shapes matter), so FastAPI must not parse them: it only shows this."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        # Self-contained: FastAPI puts only the models it parses or answers in components, and
+        # "#/$defs/..." would point at the root of the OpenAPI document.
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
 
 
-@router.post("/v1/alerts", status_code=202, openapi_extra=_json_schema(formats.GenericAlert))
-async def post_alert(request: Request) -> JSONAnswer:
+# --- the answers (documentation: the hot paths answer orjson-encoded dicts, written below) ------------
+
+
+class AlertResult(BaseModel):
+    """What intake did with one alert."""
+
+    dedup_key: str
+    action: Action
+    incident_id: uuid.UUID | None
+
+
+class AlertAccepted(BaseModel):
+    status: Literal["accepted"]
+    dedup_key: str
+    action: Action
+    incident_id: uuid.UUID | None
+
+
+class WebhookAccepted(BaseModel):
+    status: Literal["accepted"]
+    incident_ids: list[uuid.UUID]
+    alerts: list[AlertResult]
+
+
+class PagerDutyAccepted(BaseModel):
+    """PagerDuty's own answer, plus what intake did."""
+
+    status: Literal["success"]
+    message: Literal["Event processed"]
+    dedup_key: str
+    incident_id: uuid.UUID | None
+    action: Action
+
+
+class ReportLogged(BaseModel):
+    status: Literal["logged"]
+    incident_id: uuid.UUID
+
+
+# Every way a standard ingest route says no, as problem details.
+INGEST_PROBLEMS = ProblemDetails.responses(400, 401, 403, 413, 415, 422, 503)
+# /v2/enqueue says no as PagerDuty does; a body over the size limit is refused (413) before any
+# route runs, as problem details.
+PAGERDUTY_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": PagerDutyError} for status in (400, 401, 403, 413, 415, 503)
+}
+PAGERDUTY_ERRORS[413]["content"] = ProblemDetails.responses(413)[413]["content"]
+
+
+@router.post(
+    "/v1/alerts",
+    status_code=202,
+    response_model=AlertAccepted,
+    responses=INGEST_PROBLEMS,
+    openapi_extra=_request_body(formats.GenericAlert),
+)
+async def post_alert(request: Request) -> Response:
     """A generic JSON alert (see README). `Authorization: Bearer <integration key>`."""
 
     async def work() -> JSONAnswer:
@@ -80,8 +156,14 @@ async def post_alert(request: Request) -> JSONAnswer:
     return await _guard(request, errors.standard, work)
 
 
-@router.post("/v1/integrations/alertmanager", status_code=202, openapi_extra=_json_schema(formats.AlertmanagerWebhook))
-async def post_alertmanager(request: Request) -> JSONAnswer:
+@router.post(
+    "/v1/integrations/alertmanager",
+    status_code=202,
+    response_model=WebhookAccepted,
+    responses=INGEST_PROBLEMS,
+    openapi_extra=_request_body(formats.AlertmanagerWebhook),
+)
+async def post_alertmanager(request: Request) -> Response:
     """Prometheus Alertmanager webhook (version 4) or Grafana-managed alerting webhook, as sent."""
 
     async def work() -> JSONAnswer:
@@ -103,8 +185,14 @@ async def post_alertmanager(request: Request) -> JSONAnswer:
     return await _guard(request, errors.standard, work)
 
 
-@router.post("/v2/enqueue", status_code=202, openapi_extra=_json_schema(formats.PagerDutyEvent))
-async def post_pagerduty(request: Request) -> JSONAnswer:
+@router.post(
+    "/v2/enqueue",
+    status_code=202,
+    response_model=PagerDutyAccepted,
+    responses=PAGERDUTY_ERRORS,
+    openapi_extra=_request_body(formats.PagerDutyEvent),
+)
+async def post_pagerduty(request: Request) -> Response:
     """PagerDuty Events API v2: `routing_key` is the integration key. Answers as PagerDuty does."""
 
     async def work() -> JSONAnswer:
@@ -128,22 +216,56 @@ async def post_pagerduty(request: Request) -> JSONAnswer:
     return await _guard(request, errors.pagerduty, work)
 
 
-@router.post("/v1/incidents", status_code=201, openapi_extra=_json_schema(formats.ReportIn))
-async def post_report(request: Request) -> JSONAnswer:
-    """A person reports an incident. Bearer: the analyst/admin token, or an integration key."""
+def _claimed_reporter(principal: Principal) -> formats.ReporterIn | None:
+    """The reporter a person's token names (its name and email claims), as far as they are valid."""
+    for claimed in (
+        {"name": principal.name, "email": principal.email},
+        {"name": principal.name},
+        {"email": principal.email},
+    ):
+        try:
+            reporter = formats.ReporterIn.model_validate(claimed)
+        except ValidationError:
+            continue
+        if reporter.name or reporter.email:
+            return reporter
+    return None
+
+
+@router.post(
+    "/v1/incidents",
+    status_code=201,
+    response_model=ReportLogged,
+    responses=INGEST_PROBLEMS,
+    openapi_extra=_request_body(formats.ReportIn),
+)
+async def post_report(request: Request) -> Response:
+    """A person reports an incident. Bearer: a person's JWT (roles reporter, responder, manager or
+    admin), or an integration key."""
 
     async def work() -> JSONAnswer:
         runtime = _runtime(request)
         token = bearer_token(request)
-        settings = runtime.settings
-        roles = (("admin", settings.admin_token), ("analyst", settings.analyst_token))
-        role = next((r for r, t in roles if token and hmac.compare_digest(token.encode(), t.encode())), None)
+        if token is None:
+            message = "missing bearer token: a person's JWT or an integration key"
+            raise Rejected(
+                401,
+                f"authorization: {message}",
+                [FieldError("authorization", message)],
+                {"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{message}"'},
+            )
+        principal: Principal | None = None
         integration: Integration | None = None
-        if role is None:
+        if looks_like_jwt(token):
+            principal = check_roles(await verifier_of(request).verify(token), REPORT_ROLES)
+            who = principal.actor
+        else:
             integration = await authenticate(runtime, token, "generic")
-        who = f"role:{role}" if integration is None else integration.actor
+            who = integration.actor
         raw = await errors.json_body(request)
         body = errors.parse(formats.ReportIn, raw)
+        if principal is not None and (body.reporter is None or not (body.reporter.name or body.reporter.email)):
+            body = body.model_copy(update={"reporter": _claimed_reporter(principal)})
         report = formats.report_of(body, raw, runtime.clock.now(), authenticated=who)
         if integration is not None:
             report = replace(report, integration_id=str(integration.integration_id), integration_name=integration.name)

@@ -9,19 +9,20 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from intake import api, integrations
 from intake.handlers import CLOSING_EVENTS, on_incident_event
+from intake.runtime import IntakeRuntime
 from intake.settings import Settings
 from opsledger.bus.consumer import ConsumerSpec
 from opsledger.clock import Clock
 from opsledger.events import Stream
-from opsledger.service import Runtime, create_app
+from opsledger.service import create_app
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"  # shipped inside the package
 
 
 def build(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
     settings = settings or Settings()
 
-    def consumers(runtime: Runtime) -> Sequence[ConsumerSpec]:
+    def consumers(runtime: IntakeRuntime) -> Sequence[ConsumerSpec]:
         return [
             ConsumerSpec(
                 name="incidents",
@@ -32,7 +33,7 @@ def build(settings: Settings | None = None, clock: Clock | None = None) -> FastA
             )
         ]
 
-    async def on_ready(runtime: Runtime) -> None:
+    async def on_ready(runtime: IntakeRuntime) -> None:
         if settings.bootstrap_integration_key:
             await integrations.bootstrap(runtime, settings.bootstrap_integration_key)
 
@@ -44,6 +45,7 @@ def build(settings: Settings | None = None, clock: Clock | None = None) -> FastA
         consumers=consumers,
         on_ready=on_ready,
         clock=clock,
+        runtime_type=IntakeRuntime,
     )
     app.add_middleware(CanonicalPath)
     return app

@@ -1,23 +1,32 @@
-"""Rejections of bad requests: a 4xx naming the field at fault, in OpsLedger's shape or, on the
-PagerDuty-compatible endpoint, in PagerDuty's (so its client libraries understand it)."""
+"""Rejections of bad requests: a 4xx naming the field at fault, as RFC 9457 problem details or, on
+the PagerDuty-compatible endpoint, in PagerDuty's shape (so its client libraries understand it)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
+from opsledger import problems
+from opsledger.problems import FieldError
+
+__all__ = [
+    "FieldError",
+    "JSONAnswer",
+    "PagerDutyError",
+    "Rejected",
+    "invalid",
+    "json_body",
+    "pagerduty",
+    "parse",
+    "standard",
+]
+
 M = TypeVar("M", bound=BaseModel)
-
-
-@dataclass(frozen=True)
-class FieldError:
-    field: str  # dotted path into the body ("alerts.0.labels"), "body", or a header name
-    message: str
 
 
 @dataclass
@@ -31,25 +40,14 @@ class Rejected(Exception):
         return self.message
 
 
-def _path(loc: tuple[int | str, ...]) -> str:
-    # pydantic marks a bad dict key as (..., "<key>", "[key]"): say "labels.<key> (the key)".
-    if len(loc) >= 2 and loc[-1] == "[key]":
-        return f"{_path(loc[:-1])} (the key)"
-    return ".".join(str(part) for part in loc) or "body"
-
-
 def field_errors(exc: ValidationError) -> list[FieldError]:
     # Never echo the input back: it may be large or hold secrets.
-    return [
-        FieldError(_path(e["loc"]), e["msg"].removeprefix("Value error, "))
-        for e in exc.errors(include_url=False, include_input=False)
-    ]
+    return problems.validation_errors(exc.errors(include_url=False, include_input=False))
 
 
 def invalid(exc: ValidationError) -> Rejected:
     errors = field_errors(exc)
-    summary = "; ".join(f"field '{e.field}': {e.message}" for e in errors[:5])
-    return Rejected(422, f"invalid request: {summary}", errors)
+    return Rejected(422, f"invalid request: {problems.summary(errors)}", errors)
 
 
 def is_json(content_type: str | None) -> bool:
@@ -119,12 +117,17 @@ class JSONAnswer(Response):
         return orjson.dumps(content)
 
 
-def standard(rejected: Rejected) -> JSONAnswer:
-    return JSONAnswer(
-        {"detail": rejected.message, "errors": [{"field": e.field, "message": e.message} for e in rejected.errors]},
-        status_code=rejected.status,
-        headers=rejected.headers,
-    )
+def standard(rejected: Rejected) -> Response:
+    """OpsLedger's answer: problem details."""
+    return problems.response(rejected.status, rejected.message, rejected.errors, rejected.headers)
+
+
+class PagerDutyError(BaseModel):
+    """PagerDuty Events API v2's error answer, as `pagerduty()` writes it (documentation)."""
+
+    status: Literal["invalid event", "unauthorized", "error"]
+    message: str
+    errors: list[str]
 
 
 def pagerduty(rejected: Rejected) -> JSONAnswer:

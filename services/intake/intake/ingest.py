@@ -8,13 +8,13 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from intake import store
-from intake.admission import admission
 from intake.domain import MAX_PAYLOAD_BYTES, Action, AlertSignal, FlapPolicy, Report, decide, fit_for_log, report_logged
 from intake.errors import FieldError, Rejected
-from intake.integrations import PRODUCER, Integration
+from intake.integration_keys import Integration
+from intake.integrations import PRODUCER
+from intake.runtime import IntakeRuntime
 from intake.settings import Settings
 from opsledger.events import Envelope, EventPayload, new_event
-from opsledger.service import Runtime
 
 
 @dataclass(frozen=True)
@@ -36,18 +36,16 @@ def flap_policy(settings: Settings) -> FlapPolicy:
 
 
 async def ingest_alerts(
-    runtime: Runtime, integration: Integration, signals: list[AlertSignal], correlation_id: str
+    runtime: IntakeRuntime, integration: Integration, signals: list[AlertSignal], correlation_id: str
 ) -> list[Result]:
     """Apply signals (in order) to their keys' state; one transaction for the whole request."""
-    settings = runtime.settings
-    assert isinstance(settings, Settings)
-    policy = flap_policy(settings)
+    policy = flap_policy(runtime.settings)
     now = runtime.clock.now()
     scope = str(integration.integration_id)
     results: list[Result] = []
     envelopes: list[Envelope] = []
     opened: list[dict[str, object]] = []
-    async with admission(runtime).slot(), runtime.sessionmaker() as session, session.begin():
+    async with runtime.admission.slot(), runtime.sessionmaker() as session, session.begin():
         states = await store.lock_states(session, scope, [s.dedup_key for s in signals])
         before = dict(states)
         for signal in signals:
@@ -79,7 +77,6 @@ async def ingest_alerts(
         await store.save_states(session, scope, {k: s for k, s in states.items() if s != before[k]})
         await store.record_incidents(session, opened)
         await runtime.outbox.add(session, envelopes)
-    runtime.outbox.wake()
     return results
 
 
@@ -102,13 +99,13 @@ def _with_integration(signal: AlertSignal, integration: Integration) -> AlertSig
     return replace(signal, integration_id=str(integration.integration_id), integration_name=integration.name)
 
 
-async def ingest_report(runtime: Runtime, report: Report, actor: str, correlation_id: str) -> uuid.UUID:
+async def ingest_report(runtime: IntakeRuntime, report: Report, actor: str, correlation_id: str) -> uuid.UUID:
     """A person's report always opens a new incident."""
     incident_id = uuid.uuid4()
     now = runtime.clock.now()
     payload = report_logged(report, incident_id=incident_id, received_at=now)
     envelope = _event(payload, actor=actor, incident_id=incident_id, correlation_id=correlation_id, now=now)
-    async with admission(runtime).slot(), runtime.sessionmaker() as session, session.begin():
+    async with runtime.admission.slot(), runtime.sessionmaker() as session, session.begin():
         await store.record_incidents(
             session,
             [
@@ -123,5 +120,4 @@ async def ingest_report(runtime: Runtime, report: Report, actor: str, correlatio
             ],
         )
         await runtime.outbox.add(session, [envelope])
-    runtime.outbox.wake()
     return incident_id

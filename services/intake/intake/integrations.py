@@ -4,99 +4,38 @@ Alert endpoints authenticate with them (`Authorization: Bearer <key>`, or PagerD
 
 from __future__ import annotations
 
-import hashlib
-import secrets
-import time
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, HTTPException, Path
+from fastapi import APIRouter, Depends, Path
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from intake.admission import admission
 from intake.errors import FieldError, Rejected
 from intake.formats import single_line
+from intake.integration_keys import Integration, hash_key, new_key
+from intake.runtime import IntakeRuntime, IntakeRuntimeDep
 from intake.store import integrations as table
-from opsledger.auth import require_role
+from opsledger.auth import Principal, require_roles
 from opsledger.events import new_event
 from opsledger.events.envelope import derived_event_id
 from opsledger.events.intake import IntegrationCreated, IntegrationDisabled
-from opsledger.service import Runtime, runtime_of
+from opsledger.problems import Problem, ProblemDetails
 
 Kind = Literal["alertmanager", "pagerduty", "generic", "any"]
 BOOTSTRAP_NAMESPACE = uuid.UUID("0b9f8a4e-2d51-4c4e-9d0c-5c3a3f1e7a10")
 PRODUCER = "intake"
 
 
-@dataclass(frozen=True)
-class Integration:
-    integration_id: uuid.UUID
-    name: str
-    kind: str
-    disabled: bool
-
-    @property
-    def actor(self) -> str:
-        return f"integration:{self.name}"
-
-    def allows(self, kind: str) -> bool:
-        return self.kind in ("any", kind)
-
-
-def new_key() -> str:
-    # 128 random bits as 32 hex characters: the shape of a PagerDuty routing key, so clients that
-    # check it accept ours. High entropy makes a plain (unsalted) sha256 safe to store.
-    return secrets.token_hex(16)
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-class KeyCache:
-    """Per-process cache of key lookups (the hot path should not read the integrations table on
-    every request). Entries live `ttl` seconds; the replica that disables a key forgets it at once."""
-
-    def __init__(self, ttl: float) -> None:
-        self.ttl = ttl
-        self._entries: dict[str, tuple[Integration, float]] = {}
-
-    def get(self, key_hash: str) -> Integration | None:
-        entry = self._entries.get(key_hash)
-        if entry is None or entry[1] < time.monotonic():
-            return None
-        return entry[0]
-
-    def put(self, key_hash: str, integration: Integration) -> None:
-        if len(self._entries) > 10_000:
-            self._entries.clear()
-        self._entries[key_hash] = (integration, time.monotonic() + self.ttl)
-
-    def forget(self, integration_id: uuid.UUID) -> None:
-        for key_hash, (integration, _) in list(self._entries.items()):
-            if integration.integration_id == integration_id:
-                del self._entries[key_hash]
-
-
-def key_cache(runtime: Runtime) -> KeyCache:
-    cache = runtime.extras.get("key_cache")
-    if cache is None:
-        cache = runtime.extras["key_cache"] = KeyCache(getattr(runtime.settings, "integration_cache_seconds", 5.0))
-    assert isinstance(cache, KeyCache)
-    return cache
-
-
-async def lookup(runtime: Runtime, key: str) -> Integration | None:
+async def lookup(runtime: IntakeRuntime, key: str) -> Integration | None:
     key_hash = hash_key(key)
-    cache = key_cache(runtime)
+    cache = runtime.key_cache
     found = cache.get(key_hash)
     if found is not None:
         return found
-    async with admission(runtime).slot(), runtime.engine.connect() as conn:
+    async with runtime.admission.slot(), runtime.engine.connect() as conn:
         row = (
             await conn.execute(
                 sa.select(table.c.integration_id, table.c.name, table.c.kind, table.c.disabled_at).where(
@@ -111,7 +50,7 @@ async def lookup(runtime: Runtime, key: str) -> Integration | None:
     return found
 
 
-async def authenticate(runtime: Runtime, key: str | None, kind: str, where: str = "authorization") -> Integration:
+async def authenticate(runtime: IntakeRuntime, key: str | None, kind: str, where: str = "authorization") -> Integration:
     """The enabled integration owning `key`, allowed to post `kind`; else 401/403."""
     if not key:
         raise Rejected(
@@ -146,7 +85,7 @@ async def authenticate(runtime: Runtime, key: str | None, kind: str, where: str 
 # --- admin API -----------------------------------------------------------------------------------------
 
 router = APIRouter(prefix="/v1/integrations", tags=["integrations"])
-admin_only = require_role()  # admin always passes; no other role is listed
+admin_only = require_roles("admin")
 
 
 class IntegrationIn(BaseModel):
@@ -176,9 +115,11 @@ def _out(row: sa.Row[tuple[object, ...]]) -> IntegrationOut:
     return IntegrationOut.model_validate(row._mapping, from_attributes=False)
 
 
-@router.post("", status_code=201, response_model=IntegrationCreatedOut)
+@router.post(
+    "", status_code=201, response_model=IntegrationCreatedOut, responses=ProblemDetails.responses(401, 403, 422)
+)
 async def create_integration(
-    body: IntegrationIn, role: str = Depends(admin_only), runtime: Runtime = Depends(runtime_of)
+    runtime: IntakeRuntimeDep, body: IntegrationIn, admin: Principal = Depends(admin_only)
 ) -> IntegrationCreatedOut:
     """Create an integration and its key. The key is in this answer only; store it now."""
     key = new_key()
@@ -191,37 +132,36 @@ async def create_integration(
         "key_hash": hash_key(key),
         "key_prefix": key[:6],
         "created_at": now,
-        "created_by": f"role:{role}",
+        "created_by": admin.actor,
     }
     event = new_event(
         IntegrationCreated(integration_id=str(integration_id), name=body.name, kind=body.kind, key_prefix=key[:6]),
         producer=PRODUCER,
-        actor=f"role:{role}",
+        actor=admin.actor,
         subject=str(integration_id),
         occurred_at=now,
     )
     async with runtime.sessionmaker() as session, session.begin():
         await session.execute(sa.insert(table).values(**row))
         await runtime.outbox.add(session, [event])
-    runtime.outbox.wake()
     return IntegrationCreatedOut(**{k: v for k, v in row.items() if k != "key_hash"}, key=key)
 
 
-@router.get("", response_model=list[IntegrationOut])
-async def list_integrations(
-    role: str = Depends(admin_only), runtime: Runtime = Depends(runtime_of)
-) -> list[IntegrationOut]:
+@router.get("", response_model=list[IntegrationOut], responses=ProblemDetails.responses(401, 403))
+async def list_integrations(runtime: IntakeRuntimeDep, admin: Principal = Depends(admin_only)) -> list[IntegrationOut]:
     """Every integration, disabled ones included (never the keys)."""
     async with runtime.engine.connect() as conn:
         rows = (await conn.execute(sa.select(table).order_by(table.c.created_at))).all()
     return [_out(r) for r in rows]
 
 
-@router.delete("/{integration_id}", response_model=IntegrationOut)
+@router.delete(
+    "/{integration_id}", response_model=IntegrationOut, responses=ProblemDetails.responses(401, 403, 404, 422)
+)
 async def disable_integration(
+    runtime: IntakeRuntimeDep,
     integration_id: uuid.UUID = Path(description="the integration's id"),
-    role: str = Depends(admin_only),
-    runtime: Runtime = Depends(runtime_of),
+    admin: Principal = Depends(admin_only),
 ) -> IntegrationOut:
     """Disable an integration: its key is refused from now on. Idempotent."""
     now = runtime.clock.now()
@@ -230,26 +170,29 @@ async def disable_integration(
             await session.execute(sa.select(table).where(table.c.integration_id == integration_id).with_for_update())
         ).first()
         if row is None:
-            raise HTTPException(404, f"path 'integration_id': no integration {integration_id}")
+            raise Problem(
+                404,
+                f"path 'integration_id': no integration {integration_id}",
+                [FieldError("path.integration_id", "no such integration")],
+            )
         if row.disabled_at is None:
             await session.execute(
                 sa.update(table).where(table.c.integration_id == integration_id).values(disabled_at=now)
             )
             event = new_event(
-                IntegrationDisabled(integration_id=str(integration_id), reason=f"disabled by role:{role}"),
+                IntegrationDisabled(integration_id=str(integration_id), reason=f"disabled by {admin.actor}"),
                 producer=PRODUCER,
-                actor=f"role:{role}",
+                actor=admin.actor,
                 subject=str(integration_id),
                 occurred_at=now,
             )
             await runtime.outbox.add(session, [event])
             row = (await session.execute(sa.select(table).where(table.c.integration_id == integration_id))).one()
-    key_cache(runtime).forget(integration_id)
-    runtime.outbox.wake()
+    runtime.key_cache.forget(integration_id)
     return _out(row)
 
 
-async def bootstrap(runtime: Runtime, key: str, name: str = "demo") -> None:
+async def bootstrap(runtime: IntakeRuntime, key: str, name: str = "demo") -> None:
     """Idempotently make `key` a working integration (all replicas may race: one row, one event)."""
     key_hash = hash_key(key)
     integration_id = uuid.uuid5(BOOTSTRAP_NAMESPACE, key_hash)
@@ -281,4 +224,3 @@ async def bootstrap(runtime: Runtime, key: str, name: str = "demo") -> None:
                 occurred_at=now,
             )
             await runtime.outbox.add(session, [event])
-    runtime.outbox.wake()

@@ -11,12 +11,13 @@ import httpx
 from fastapi import FastAPI
 
 from intake.app import build
+from intake.runtime import IntakeRuntime
 from intake.settings import Settings
 from opsledger.events import Envelope, Stream
-from opsledger.service import Runtime
-from opsledger.testing import TestInfra, read_topic, running_app
+from opsledger.testing import TestInfra, read_topic, running_app, session_tokens
 
-ADMIN = {"Authorization": "Bearer dev-admin-token"}
+TOKENS = session_tokens()
+ADMIN = TOKENS.headers("test-admin", "admin", name="Test Admin")
 
 
 @dataclass
@@ -27,8 +28,8 @@ class Intake:
     app: FastAPI
 
     @property
-    def runtime(self) -> Runtime:
-        runtime: Runtime = self.app.state.runtime
+    def runtime(self) -> IntakeRuntime:
+        runtime: IntakeRuntime = self.app.state.runtime
         return runtime
 
     async def new_key(self, name: str, kind: str = "any", disabled: bool = False) -> str:
@@ -71,7 +72,7 @@ async def make_settings(infra: TestInfra, make_database: Callable[..., Any], pre
         topic_partitions=1,
         relay_poll_seconds=0.05,
         log_json=False,
-        **overrides,
+        **{**TOKENS.settings(), **overrides},
     )
 
 

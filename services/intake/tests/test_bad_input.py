@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ from intake import store
 from opsledger.db import make_engine, outbox_table
 from opsledger.testing import TestInfra
 
-from .harness import intake, make_settings
+from .harness import TOKENS, intake, make_settings
 from .samples import alertmanager_body, am_alert, generic_alert, pagerduty_event, report
 
 pytestmark = pytest.mark.integration
@@ -23,6 +24,9 @@ pytestmark = pytest.mark.integration
 KEY = "<key>"  # replaced by the test's integration key
 DISABLED = "<disabled key>"  # replaced by the key of a disabled integration
 PAGERDUTY_ONLY = "<pagerduty key>"  # replaced by the key of an integration of kind pagerduty
+ANALYST_JWT = "<analyst jwt>"  # a person's valid token without a role that may report
+EXPIRED_JWT = "<expired jwt>"  # a reporter's token, expired
+FOREIGN_JWT = "<foreign jwt>"  # a reporter's token for another audience
 JSON = "application/json"
 
 
@@ -73,13 +77,13 @@ CASES = [
         content_type="application/x-www-form-urlencoded",
     ),
     Case("json array body", "/v1/alerts", [generic_alert()], 422, "body"),
-    Case("body over 1 MiB", "/v1/alerts", generic_alert(description="x" * (1024 * 1024 + 10)), 413, "larger than"),
+    Case("body over 1 MiB", "/v1/alerts", generic_alert(description="x" * (1024 * 1024 + 10)), 413, "body"),
     Case(
         "chunked body over 1 MiB",
         "/v1/alerts",
         generic_alert(description="x" * (1024 * 1024 + 10)),
         413,
-        "larger than",
+        "body",
         chunked=True,
     ),
     Case("null body", "/v1/alerts", None, 422, "body"),
@@ -105,6 +109,12 @@ CASES = [
     Case("pagerduty wrong routing key", "/v2/enqueue", pd(routing_key="nope"), 401, "routing_key"),
     Case("report without token", "/v1/incidents", report(), 401, "authorization", auth=None),
     Case("report with unknown key", "/v1/incidents", report(), 401, "authorization", auth="nope"),
+    Case("report by a role that may not report", "/v1/incidents", report(), 403, "authorization", auth=ANALYST_JWT),
+    Case("report with an expired token", "/v1/incidents", report(), 401, "authorization", auth=EXPIRED_JWT),
+    Case("report with another audience's token", "/v1/incidents", report(), 401, "authorization", auth=FOREIGN_JWT),
+    Case(
+        "a person's token on an alert endpoint", "/v1/alerts", generic_alert(), 401, "authorization", auth=ANALYST_JWT
+    ),
     Case("disabled key", "/v1/alerts", generic_alert(), 403, "authorization", auth=DISABLED),
     Case("disabled key, alertmanager", "/v1/integrations/alertmanager", am(), 403, "authorization", auth=DISABLED),
     Case("disabled routing key", "/v2/enqueue", pd(routing_key=DISABLED), 403, "routing_key"),
@@ -238,6 +248,9 @@ async def test_bad_input_table(infra: TestInfra, make_database: Any, topic_prefi
             KEY: svc.key,
             DISABLED: await svc.new_key("gone", disabled=True),
             PAGERDUTY_ONLY: await svc.new_key("pd-only", kind="pagerduty"),
+            ANALYST_JWT: TOKENS.token("u-ana", "analyst"),
+            EXPIRED_JWT: TOKENS.token("u-rep", "reporter", lifetime=timedelta(hours=-1)),
+            FOREIGN_JWT: TOKENS.token("u-rep", "reporter", aud="another-service"),
         }
         for case in CASES:
             # The standard library's encoder, unlike orjson, nests past 255 levels.
@@ -250,6 +263,10 @@ async def test_bad_input_table(infra: TestInfra, make_database: Any, topic_prefi
             answer = response.text
             if response.status_code != case.status or not _names_field(response, case.field):
                 failures.append(f"{case.name}: {response.status_code} {answer[:300]}")
+            elif case.path != "/v2/enqueue" and not _is_problem(response):
+                failures.append(f"{case.name}: not RFC 9457 problem details: {response.headers} {answer[:300]}")
+            if response.status_code == 401 and "www-authenticate" not in response.headers:
+                failures.append(f"{case.name}: 401 without WWW-Authenticate")
             if case.path == "/v2/enqueue" and response.status_code == 400:
                 shape = response.json()
                 if shape.get("status") != "invalid event" or not isinstance(shape.get("errors"), list):
@@ -263,6 +280,15 @@ async def test_bad_input_table(infra: TestInfra, make_database: Any, topic_prefi
         incidents = await conn.scalar(sa.select(sa.func.count()).select_from(store.logged_incidents))
     await engine.dispose()
     assert (topics, states, incidents) == ({settings.topic("config")}, 0, 0)
+
+
+def _is_problem(response: httpx.Response) -> bool:
+    body = response.json()
+    return (
+        response.headers["content-type"] == "application/problem+json"
+        and body["status"] == response.status_code
+        and {"type", "title", "detail", "errors"} <= set(body)
+    )
 
 
 def _names_field(response: httpx.Response, field: str) -> bool:

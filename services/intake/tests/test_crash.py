@@ -36,6 +36,8 @@ async def test_sigkill_after_2xx_loses_and_doubles_nothing(
         "OPSLEDGER_TOPIC_PREFIX": topic_prefix,
         "OPSLEDGER_TOPIC_PARTITIONS": "1",
         "OPSLEDGER_BOOTSTRAP_INTEGRATION_KEY": KEY,
+        # The killed process's relay lease must expire before the restarted one publishes.
+        "OPSLEDGER_RELAY_LEASE_SECONDS": "1",
     }
     process = ServiceProcess("intake", env)
     process.start()

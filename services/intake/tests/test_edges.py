@@ -105,7 +105,7 @@ def test_error_paths_name_a_bad_label_key() -> None:
 def test_report_times_that_cannot_be_true(overrides: dict[str, str | None], field: str) -> None:
     raw = report(**overrides)
     with pytest.raises(formats.Invalid) as exc:
-        formats.report_of(formats.ReportIn.model_validate(raw), raw, NOW, authenticated="role:analyst")
+        formats.report_of(formats.ReportIn.model_validate(raw), raw, NOW, authenticated="user:u-ana")
     assert exc.value.field == field
 
 

@@ -128,6 +128,6 @@ def test_naive_timestamps_are_utc_and_control_characters_are_refused() -> None:
 
 def test_report_takes_severity_from_impact_and_reporter_from_caller() -> None:
     raw = report(reporter=None, business_impact={"level": "low"})
-    rep = formats.report_of(formats.ReportIn.model_validate(raw), raw, NOW, authenticated="role:analyst")
-    assert rep.severity is Severity.LOW and rep.reporter is not None and rep.reporter.name == "role:analyst"
+    rep = formats.report_of(formats.ReportIn.model_validate(raw), raw, NOW, authenticated="user:u-ana")
+    assert rep.severity is Severity.LOW and rep.reporter is not None and rep.reporter.name == "user:u-ana"
     assert rep.occurred_at == datetime(2026, 3, 1, 9, 50, tzinfo=UTC)

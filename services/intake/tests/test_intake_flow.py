@@ -13,7 +13,7 @@ import pytest
 from opsledger.events import Envelope, Stream
 from opsledger.testing import TestInfra
 
-from .harness import ADMIN, intake, make_settings
+from .harness import ADMIN, TOKENS, intake, make_settings
 from .samples import alertmanager_body, am_alert, generic_alert, grafana_body, pagerduty_event, report
 
 pytestmark = pytest.mark.integration
@@ -133,20 +133,27 @@ async def test_pagerduty_dedup_key_lifecycle(infra: TestInfra, make_database: An
 async def test_person_report_is_logged(infra: TestInfra, make_database: Any, topic_prefix: str) -> None:
     settings = await make_settings(infra, make_database, topic_prefix)
     async with intake(settings) as svc:
-        analyst = {"Authorization": "Bearer dev-analyst-token"}
-        response = await svc.client.post("/v1/incidents", json=report(), headers=analyst)
+        reporter = TOKENS.headers("u-rowan", "reporter", name="Rowan Reporter", email="rowan@example.com")
+        response = await svc.client.post("/v1/incidents", json=report(), headers=reporter)
         assert response.status_code == 201, response.text
-        anonymous = await svc.client.post("/v1/incidents", json=report(reporter=None), headers=analyst)
-        [event, second] = await svc.events(at_least=2)
+        anonymous = await svc.client.post("/v1/incidents", json=report(reporter=None), headers=reporter)
+        nameless = TOKENS.headers("u-nameless", "responder")
+        bare = await svc.client.post("/v1/incidents", json=report(reporter=None), headers=nameless)
+        assert bare.status_code == 201, bare.text
+        analyst = await svc.client.post("/v1/incidents", json=report(), headers=TOKENS.headers("u-ana", "analyst"))
+        assert analyst.status_code == 403 and "reporter, responder, manager, admin" in analyst.json()["detail"]
+        [event, second, third] = await svc.events(at_least=3)
     assert str(event.incident_id) == response.json()["incident_id"]
-    assert event.actor == "role:analyst"  # who authenticated; the named reporter is in the payload
+    assert event.actor == "user:u-rowan"  # who authenticated; the named reporter is in the payload
     p = event.payload
     assert p["source"] == "manual" and p["reporter"] == {"name": "Ada Lovelace", "email": "ada@example.com"}
     assert p["business_impact"] == {"text": "no revenue from card payments", "level": "high"}
     assert (p["severity"], p["urgency_hint"], p["service"]) == ("high", 1, "checkout")
     assert p["occurred_at"].startswith("2026-03-01T09:50") and p["received_at"] > p["occurred_at"]
-    assert str(second.incident_id) == anonymous.json()["incident_id"]
-    assert second.payload["reporter"]["name"] == "role:analyst" and second.actor == "role:analyst"
+    # Without a named reporter, the token's name and email claims are the reporter.
+    assert str(second.incident_id) == anonymous.json()["incident_id"] and second.actor == "user:u-rowan"
+    assert second.payload["reporter"] == {"name": "Rowan Reporter", "email": "rowan@example.com"}
+    assert third.actor == "user:u-nameless" and third.payload["reporter"]["name"] == "user:u-nameless"
 
 
 async def test_concurrent_posts_of_one_alert_open_one_incident(
@@ -191,7 +198,7 @@ async def test_integration_keys_admin_and_disable(infra: TestInfra, make_databas
         assert created.status_code == 201
         integration = created.json()
         key = integration["key"]
-        analyst = {"Authorization": "Bearer dev-analyst-token"}
+        analyst = TOKENS.headers("test-analyst", "analyst")
         assert (await svc.client.get("/v1/integrations", headers=analyst)).status_code == 403
         assert (await svc.client.get("/v1/integrations")).status_code == 401
         listed = (await svc.client.get("/v1/integrations", headers=ADMIN)).json()
@@ -217,7 +224,7 @@ async def test_integration_keys_admin_and_disable(infra: TestInfra, make_databas
         "key_prefix": key[:6],
     }
     assert key not in str([e.payload for e in config])
-    assert config[2].subject == integration["integration_id"] and config[2].actor == "role:admin"
+    assert config[2].subject == integration["integration_id"] and config[2].actor == "user:test-admin"
 
 
 async def test_bootstrap_key_is_upserted_once(infra: TestInfra, make_database: Any, topic_prefix: str) -> None:

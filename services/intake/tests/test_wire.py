@@ -11,7 +11,6 @@ import pytest
 import sqlalchemy as sa
 
 from intake import store
-from intake.admission import admission
 from opsledger.db import make_engine
 from opsledger.testing import TestInfra
 
@@ -160,7 +159,7 @@ async def test_overload_is_shed_with_503_and_retry_after(
     async with intake(settings) as svc:
         warm = await svc.post("/v1/alerts", generic_alert(dedup_key="warm"))  # caches the key
         assert warm.status_code == 202, warm.text
-        gate = admission(svc.runtime)
+        gate = svc.runtime.admission
         async with gate.slot():  # the one slot is busy
             refused = await svc.post("/v1/alerts", generic_alert(dedup_key="shed"))
             refused_pd = await svc.client.post("/v2/enqueue", json=pagerduty_event(svc.key, dedup_key="shed-pd"))

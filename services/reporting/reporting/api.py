@@ -8,24 +8,29 @@ import io
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode
 
 import orjson
+import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field, create_model
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from opsledger.auth import require_role
-from opsledger.service import Runtime, runtime_of
+from opsledger.auth import require_roles
+from opsledger.problems import FieldError, Problem, ProblemDetails
+from opsledger.service import runtime_of
 from reporting import analytics, queries
 from reporting.queries import BadParameter, IncidentFilter, parse_timestamp
-from reporting.store import INCIDENT_COLUMNS
+from reporting.runtime import ReportingRuntime, ReportingRuntimeDep
+from reporting.store import INCIDENT_COLUMNS, incidents, timeline
 from reporting.versions import ProjectionManager, RebuildAlreadyRunning, active_version
 
 
-class JSON(Response):
-    """orjson, with anything it cannot encode natively (asyncpg's UUIDs, Decimals) as text."""
+class JSON(JSONResponse):
+    """orjson, with anything it cannot encode natively (asyncpg's UUIDs, Decimals) as text. (A
+    JSONResponse only so that /docs shows the routes' response models: `render` is all its own.)"""
 
     media_type = "application/json"
 
@@ -33,26 +38,218 @@ class JSON(Response):
         return orjson.dumps(content, default=str, option=orjson.OPT_NON_STR_KEYS)
 
 
-router = APIRouter(default_response_class=JSON, dependencies=[Depends(require_role("analyst"))])
-admin = APIRouter(
-    default_response_class=JSON, prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_role())]
+# --- the answers (documentation: the routes answer orjson-encoded rows, written below) ----------------
+
+
+def _python_type(column: sa.Column[Any]) -> Any:
+    kind = column.type
+    python: Any = kind.python_type
+    if isinstance(kind, sa.ARRAY):
+        python = list[kind.item_type.python_type]  # type: ignore[name-defined]
+    return python | None if column.nullable else python
+
+
+def _row_fields(table: sa.Table, *skip: str) -> dict[str, Any]:
+    """A pydantic field per column, in the table's order: the answers are its rows as they are."""
+    return {c.name: (_python_type(c), ...) for c in table.columns if c.name not in skip}
+
+
+# From the table itself, so the documentation cannot fall behind a migration.
+Incident = create_model("Incident", __doc__="An incident's state.", **_row_fields(incidents, "version"))
+IncidentAsOf = create_model(
+    "IncidentAsOf",
+    __base__=Incident,
+    __doc__="An incident's state, now or as it was at `as_of`.",
+    as_of=(datetime | None, Field(description="the `as_of` asked for; null: now")),
 )
 
 
-async def session_of(runtime: Runtime = Depends(runtime_of)) -> AsyncIterator[AsyncSession]:
+class IncidentPage(BaseModel):
+    items: list[Incident]  # type: ignore[valid-type]
+    next_cursor: str | None = Field(description="the next page's `cursor`; null on the last page")
+    as_of: datetime | None
+
+
+class LogPosition(BaseModel):
+    topic: str
+    partition: int
+    offset: int
+
+
+TimelineEntry = create_model(
+    "TimelineEntry",
+    __doc__="One event of the incident as the audit trail holds it; `hash` chains it to the entry before.",
+    **{
+        **_row_fields(timeline, "version", "topic", "partition", "offset"),
+        "payload": (dict[str, Any], Field(description="the event's payload")),
+        "position": (LogPosition, Field(description="where the event is on the log")),
+    },
+)
+
+
+class Timeline(BaseModel):
+    incident_id: uuid.UUID
+    events: list[TimelineEntry]  # type: ignore[valid-type]
+
+
+class ChainMismatch(BaseModel):
+    seq: int
+    problem: str
+    event_id: uuid.UUID | None = None
+    event_type: str | None = None
+    incident_id: uuid.UUID | None = None
+
+
+class ChainIntact(BaseModel):
+    ok: Literal[True]
+    version: int
+    entries_checked: int
+    head_hash: str
+
+
+class ChainBroken(BaseModel):
+    ok: Literal[False]
+    version: int
+    entries_checked: int
+    first_mismatch: ChainMismatch
+
+
+class _Ids(BaseModel):
+    incident_ids: list[uuid.UUID] = Field(description="at most 500; `incidents_url` lists them all")
+    incident_ids_truncated: bool
+    incidents_url: str | None = Field(description="the incident list behind the group; null when no filter says it")
+
+
+class DurationGroup(_Ids):
+    """mtta, mttr"""
+
+    key: str | None
+    count: int
+    mean_seconds: float | None
+    median_seconds: float | None
+    p90_seconds: float | None
+
+
+class VolumeGroup(_Ids):
+    """volume"""
+
+    key: str | None
+    incidents: int
+    alerts: int
+
+
+class BacklogGroup(_Ids):
+    """backlog"""
+
+    key: str | None
+    open: int
+    mean_age_seconds: float | None
+    median_age_seconds: float | None
+    oldest_age_seconds: float | None
+
+
+class RatesGroup(BaseModel):
+    """rates"""
+
+    key: str | None
+    incidents: int
+    resolved: int
+    reopened: int
+    escalated: int
+    reopen_rate: float | None
+    escalation_rate: float | None
+    reopened_incident_ids: list[uuid.UUID]
+    escalated_incident_ids: list[uuid.UUID]
+    incidents_url: str | None
+
+
+class SlaTarget(BaseModel):
+    target: str
+    warned: int
+    breached: int
+    compliance: float | None
+    breached_incident_ids: list[uuid.UUID]
+
+
+class SlaGroup(BaseModel):
+    """sla"""
+
+    key: str | None
+    incidents: int
+    warned: int
+    breached: int
+    compliance: float | None
+    breached_incident_ids: list[uuid.UUID]
+    targets: list[SlaTarget]
+    incidents_url: str | None
+
+
+class SourceGroup(_Ids):
+    """noisiest-sources"""
+
+    source: str
+    integration_id: str | None
+    service: str | None
+    alerts: int
+    incidents: int
+
+
+Metric = Literal["mtta", "mttr", "volume", "backlog", "rates", "sla", "noisiest-sources"]
+
+
+class Analytics(BaseModel):
+    metric: Metric
+    by: str
+    projection_version: int
+    groups: list[DurationGroup | VolumeGroup | BacklogGroup | RatesGroup | SlaGroup | SourceGroup] = Field(
+        description="one shape per metric (see each group's description)"
+    )
+
+
+class Rebuild(BaseModel):
+    version: int
+    status: Literal["running", "switched", "failed"]
+    started_at: datetime | None
+    finished_at: datetime | None
+    detail: str | None
+    applied: int | None = Field(default=None, description="log entries the new version has applied")
+    live_applied: int | None = Field(default=None, description="log entries the live version has applied")
+
+
+class RebuildStatus(BaseModel):
+    active_version: int
+    rebuild: Rebuild | None = Field(description="the latest rebuild; null if there has been none")
+
+
+# Who may not, bad parameters (named), and no such thing.
+READ_PROBLEMS = ProblemDetails.responses(400, 401, 403, 404, 422)
+# `format=csv`: the same rows as CSV.
+CSV: dict[int | str, dict[str, Any]] = {200: {"content": {"text/csv": {"schema": {"type": "string"}}}}}
+
+
+# Reading: analysts, and the people who work incidents. Rebuilding the projections: admins.
+READ_ROLES = ("analyst", "responder", "manager", "admin")
+router = APIRouter(default_response_class=JSON, dependencies=[Depends(require_roles(*READ_ROLES))])
+admin = APIRouter(
+    default_response_class=JSON, prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_roles("admin"))]
+)
+
+
+async def session_of(runtime: ReportingRuntimeDep) -> AsyncIterator[AsyncSession]:
     async with runtime.sessionmaker() as session:
         yield session
 
 
-def bad(exc: BadParameter) -> HTTPException:
-    return HTTPException(400, {"parameter": exc.parameter, "error": str(exc)})
+def bad(exc: BadParameter) -> Problem:
+    return Problem(400, str(exc), [FieldError(f"query.{exc.parameter}", exc.problem)])
 
 
 def _incident_id(value: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
-        raise HTTPException(400, {"parameter": "incident_id", "error": f"{value!r} is not a UUID"}) from None
+        message = f"{value[:100]!r} is not a UUID"
+        raise Problem(400, f"parameter 'incident_id': {message}", [FieldError("path.incident_id", message)]) from None
 
 
 # A spreadsheet runs a cell starting with one of these as a formula (CSV injection): titles and
@@ -81,7 +278,7 @@ def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return out.getvalue()
 
 
-@router.get("/v1/incidents", tags=["incidents"])
+@router.get("/v1/incidents", tags=["incidents"], response_model=IncidentPage, responses={**READ_PROBLEMS, **CSV})
 async def list_incidents(
     request: Request,
     status: str | None = None,
@@ -132,7 +329,7 @@ async def list_incidents(
     return JSON(body, headers=headers)
 
 
-@router.get("/v1/incidents/{incident_id}", tags=["incidents"])
+@router.get("/v1/incidents/{incident_id}", tags=["incidents"], response_model=IncidentAsOf, responses=READ_PROBLEMS)
 async def get_incident(incident_id: str, as_of: str | None = None, session: AsyncSession = Depends(session_of)) -> JSON:
     """An incident's current state, or its state as it was at `as_of`."""
     ident = _incident_id(incident_id)
@@ -149,7 +346,12 @@ async def get_incident(incident_id: str, as_of: str | None = None, session: Asyn
     return JSON({**row, "as_of": when.isoformat() if when else None})
 
 
-@router.get("/v1/incidents/{incident_id}/timeline", tags=["incidents"])
+@router.get(
+    "/v1/incidents/{incident_id}/timeline",
+    tags=["incidents"],
+    response_model=Timeline,
+    responses={**READ_PROBLEMS, **CSV},
+)
 async def get_timeline(
     incident_id: str, format: str = Query("json", pattern="^(json|csv)$"), session: AsyncSession = Depends(session_of)
 ) -> Response:
@@ -167,7 +369,12 @@ async def get_timeline(
     return JSON({"incident_id": str(ident), "events": entries})
 
 
-@router.get("/v1/audit/verify", tags=["audit"])
+@router.get(
+    "/v1/audit/verify",
+    tags=["audit"],
+    response_model=ChainIntact | ChainBroken,
+    responses=ProblemDetails.responses(401, 403),
+)
 async def verify_audit(session: AsyncSession = Depends(session_of)) -> JSON:
     """Recompute the audit hash chain; names the first entry that does not match."""
     version = await active_version(session)
@@ -181,7 +388,7 @@ def _range(start: str | None, end: str | None) -> tuple[datetime | None, datetim
     return first, last
 
 
-@router.get("/v1/analytics/{metric}", tags=["analytics"])
+@router.get("/v1/analytics/{metric}", tags=["analytics"], response_model=Analytics, responses=READ_PROBLEMS)
 async def get_analytics(
     metric: str,
     by: str = Query("all", description=", ".join(analytics.DIMENSIONS)),
@@ -189,7 +396,7 @@ async def get_analytics(
     start: str | None = Query(None, alias="from"),
     end: str | None = Query(None, alias="to"),
     limit: int = Query(10, ge=1, le=1000),
-    runtime: Runtime = Depends(runtime_of),
+    runtime: ReportingRuntime = Depends(runtime_of),
     session: AsyncSession = Depends(session_of),
 ) -> JSON:
     """mtta | mttr | volume | backlog | rates | sla | noisiest-sources, grouped `by` a dimension
@@ -219,22 +426,23 @@ async def get_analytics(
     return JSON({"metric": metric, "by": by, "projection_version": version, "groups": groups})
 
 
-def manager_of(runtime: Runtime = Depends(runtime_of)) -> ProjectionManager:
-    manager = runtime.extras.get("projections")
-    if not isinstance(manager, ProjectionManager):
+def manager_of(runtime: ReportingRuntimeDep) -> ProjectionManager:
+    if runtime.projections is None:
         raise HTTPException(503, "projections are not running yet", {"Retry-After": "1"})
-    return manager
+    return runtime.projections
 
 
-@admin.post("/rebuild", status_code=202)
-async def start_rebuild(manager: ProjectionManager = Depends(manager_of)) -> dict[str, Any]:
+@admin.post(
+    "/rebuild", status_code=202, response_model=RebuildStatus, responses=ProblemDetails.responses(401, 403, 409, 503)
+)
+async def start_rebuild(manager: ProjectionManager = Depends(manager_of)) -> JSON:
     """Replay the log from offset 0 into a new projection version; switch when caught up."""
     try:
-        return await manager.request_rebuild()
+        return JSON(await manager.request_rebuild(), status_code=202)
     except RebuildAlreadyRunning as exc:
         raise HTTPException(409, str(exc)) from None
 
 
-@admin.get("/rebuild")
-async def rebuild_status(manager: ProjectionManager = Depends(manager_of)) -> dict[str, Any]:
-    return await manager.status()
+@admin.get("/rebuild", response_model=RebuildStatus, responses=ProblemDetails.responses(401, 403, 503))
+async def rebuild_status(manager: ProjectionManager = Depends(manager_of)) -> JSON:
+    return JSON(await manager.status())

@@ -8,14 +8,16 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from starlette.responses import Response
 
-from opsledger.service import Runtime, create_app
+from opsledger import problems
+from opsledger.service import create_app
 from reporting.api import admin, router
+from reporting.runtime import ReportingRuntime
 from reporting.settings import Settings
 from reporting.versions import ProjectionManager
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"  # shipped inside the package
 
 
 def build(settings: Settings | None = None) -> FastAPI:
@@ -23,14 +25,19 @@ def build(settings: Settings | None = None) -> FastAPI:
 
     # The projection consumers are run by the ProjectionManager rather than create_app's
     # `consumers`: which versions run (the active one, plus a rebuild's) is decided at runtime.
-    async def on_ready(runtime: Runtime) -> None:
-        if "projections" not in runtime.extras:
+    async def on_ready(runtime: ReportingRuntime) -> None:
+        if runtime.projections is None:
             manager = ProjectionManager(runtime, switch_poll_seconds=settings.rebuild_switch_poll_seconds)
             await manager.start()
-            runtime.extras["projections"] = manager
+            runtime.projections = manager
 
     app = create_app(
-        settings, title="OpsLedger reporting", migrations_dir=MIGRATIONS, routers=[router, admin], on_ready=on_ready
+        settings,
+        title="OpsLedger reporting",
+        migrations_dir=MIGRATIONS,
+        routers=[router, admin],
+        on_ready=on_ready,
+        runtime_type=ReportingRuntime,
     )
     inner = app.router.lifespan_context
 
@@ -41,19 +48,17 @@ def build(settings: Settings | None = None) -> FastAPI:
                 yield
             finally:
                 # Before the shared lifespan closes the producer and the engine.
-                manager = getattr(app.state, "runtime", None) and app.state.runtime.extras.get("projections")
-                if isinstance(manager, ProjectionManager):
-                    await manager.stop()
+                runtime: ReportingRuntime | None = getattr(app.state, "runtime", None)
+                if runtime is not None and runtime.projections is not None:
+                    await runtime.projections.stop()
 
     app.router.lifespan_context = lifespan
     app.add_exception_handler(RequestValidationError, _bad_request)
     return app
 
 
-async def _bad_request(request: Request, exc: Exception) -> JSONResponse:
+async def _bad_request(request: Request, exc: Exception) -> Response:
     """FastAPI's own checks (limit, format) answer like ours: 400 naming the parameter."""
     assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0] if exc.errors() else {}
-    parameter = str(first.get("loc", ("", "?"))[-1])
-    error = f"parameter '{parameter}': {first.get('msg', 'is invalid')}"
-    return JSONResponse({"detail": {"parameter": parameter, "error": error}}, status_code=400)
+    errors = problems.validation_errors(exc.errors())
+    return problems.response(400, f"invalid request: {problems.summary(errors)}", errors)

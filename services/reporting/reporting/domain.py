@@ -6,14 +6,29 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from opsledger.bus.consumer import INVALID_PAYLOAD
 from opsledger.events import Envelope, EventPayload, registry
+from opsledger.events.assignment import (
+    AcknowledgementChannel,
+    IncidentAcknowledged,
+    IncidentAssigned,
+    IncidentEscalated,
+    IncidentPutOnHold,
+    IncidentResumed,
+    TaskAssigned,
+    TaskCreated,
+    TaskOverdue,
+    TaskStatus,
+    TaskStatusChanged,
+)
+from opsledger.events.common import SlaTargetKind
 from opsledger.events.intake import (
     AlertAcknowledged,
     AlertCorrelated,
@@ -21,6 +36,23 @@ from opsledger.events.intake import (
     AlertResolved,
     IncidentDetailsUpdated,
     IncidentLogged,
+)
+from opsledger.events.resolution import (
+    IncidentClosed,
+    IncidentReopened,
+    IncidentResolved,
+    IncidentStatusUpdated,
+    PostIncidentReviewCompleted,
+)
+from opsledger.events.sla import (
+    SlaBreached,
+    SlaCancelled,
+    SlaClock,
+    SlaClockPaused,
+    SlaClockResumed,
+    SlaClockStarted,
+    SlaMet,
+    SlaWarning,
 )
 from opsledger.events.triage import (
     IncidentCategorized,
@@ -31,12 +63,21 @@ from opsledger.events.triage import (
 
 GENESIS_HASH = "0" * 64
 
-OPEN_STATUSES = ("open", "acknowledged")
-STATUSES = ("unknown", "open", "acknowledged", "resolved", "closed")
+# Not resolved yet: logged, with a team (and usually a person), taken on, or waiting.
+OPEN_STATUSES = ("open", "assigned", "acknowledged", "on_hold")
+STATUSES = ("unknown", *OPEN_STATUSES, "resolved", "closed")
 # Not resolved yet. `unknown` (only undecodable events so far) counts: nothing says it is over.
 BACKLOG_STATUSES = ("unknown", *OPEN_STATUSES)
-# SLA events whose payload names no target (or that this code cannot read) are counted here.
-UNSPECIFIED_TARGET = "unspecified"
+# Where an incident stands between its open statuses once nothing holds it (IncidentResumed).
+_UNTOUCHED = ("unknown", "open")
+_FINAL = ("resolved", "closed")
+
+# The state of one SLA target's clock (the SLA stage's vocabulary), and how the incident's overall
+# `sla_state` is chosen among its targets: the first of these any target is in. A target ever
+# breached makes the overall state `breached` for good (a re-targeted clock stays breached in
+# the record), as does being in `sla_breached`.
+SLA_STATES = ("breached", "warned", "running", "paused", "met", "cancelled")
+OPEN_TASK_STATUSES = (TaskStatus.OPEN, TaskStatus.IN_PROGRESS)
 
 
 @dataclass
@@ -51,9 +92,9 @@ class IncidentState:
     major: bool = False
     category: str | None = None
     subcategory: str | None = None
-    team: str | None = None
-    assignee: str | None = None
-    sla_state: str | None = None
+    team: str | None = None  # the team's id (IncidentAssigned.team_id)
+    assignee: str | None = None  # the person's `sub`
+    sla_state: str | None = None  # overall, over every target (SLA_STATES)
     source: str | None = None
     integration_id: str | None = None
     dedup_key: str | None = None
@@ -72,13 +113,27 @@ class IncidentState:
     event_count: int = 0
     last_event_type: str | None = None
     last_event_at: datetime | None = None
-    # SLA targets (e.g. "acknowledge", "resolve") warned about / breached, sorted: compliance is
-    # reported per target, and one incident can meet one target and miss another.
+    # SLA targets (response, resolution) warned about / breached, sorted: compliance is reported
+    # per target, and one incident can meet one target and miss another.
     sla_warned: tuple[str, ...] = ()
     sla_breached: tuple[str, ...] = ()
     # When the alert source said someone acknowledged (AlertAcknowledged). Shown, not used by
     # MTTA: the incident is acknowledged when the assignment stage says so (IncidentAcknowledged).
     source_acknowledged_at: datetime | None = None
+    # Revision 0003: what the typed events of the assignment, SLA and resolution stages say.
+    team_name: str | None = None
+    assignee_name: str | None = None
+    acknowledged_by: str | None = None  # a person's sub, or integration:<id> for the alert source
+    escalation_tier: int | None = None  # the policy tier the incident is at
+    on_hold_reason: str | None = None  # while on hold
+    resolution_code: str | None = None
+    sla_response_state: str | None = None
+    sla_response_due_at: datetime | None = None
+    sla_resolution_state: str | None = None
+    sla_resolution_due_at: datetime | None = None
+    reviewed_at: datetime | None = None  # PostIncidentReviewCompleted
+    task_count: int = 0
+    open_task_count: int = 0
 
     def copy(self) -> IncidentState:
         # A shallow copy without dataclasses.replace's per-field __init__ (a hot path on replay).
@@ -119,21 +174,36 @@ def decode_status(envelope: Envelope, payload: EventPayload | None, decode_error
     return "newer_version" if envelope.schema_version > latest else "unsupported_version"
 
 
-def _text(body: dict[str, Any], *keys: str) -> str | None:
-    """First string value among keys of a payload this code has no schema for (best effort)."""
-    for key in keys:
-        value = body.get(key)
-        if isinstance(value, str) and value:
-            return value
-        if isinstance(value, dict):  # e.g. {"assignee": {"name": ...}}
-            nested = _text(value, "id", "name", "email")
-            if nested:
-                return nested
-    return None
+# --- the projection: one typed apply function per incident-stream event type -------------------
+
+P = TypeVar("P", bound=EventPayload)
+Apply = Callable[[IncidentState, Any, datetime], None]
+
+# Event type -> how it changes an incident (in place, on the copy apply_event made). A contract
+# test fails when an incident-stream event type of the catalog has no entry here.
+APPLIERS: dict[str, Apply] = {}
+
+
+def applies(*models: type[P]) -> Callable[[Callable[[IncidentState, P, datetime], None]], Apply]:
+    """Register the decorated function as the projection of events of `models` (their latest
+    version: the consumer hands over payloads upcast to it). `at` is the envelope's time."""
+
+    def register(fn: Callable[[IncidentState, P, datetime], None]) -> Apply:
+        for model in models:
+            if registry.model(model.event_type) is not model:
+                raise ValueError(f"{model.event_type}: project its latest version, not {model.__name__}")
+            if model.event_type in APPLIERS:
+                raise ValueError(f"{model.event_type} is projected twice")
+            APPLIERS[model.event_type] = fn
+        return fn
+
+    return register
 
 
 def apply_event(state: IncidentState, envelope: Envelope, payload: EventPayload | None) -> IncidentState:
-    """The incident after `envelope` (returns a new state; `state` is not modified).
+    """The incident after `envelope` (returns a new state; `state` is not modified). An event this
+    code cannot decode (unknown type, newer version, invalid payload) is counted and shown in the
+    timeline, and changes nothing else.
 
     Fields are merged, never reset, so an event arriving out of its usual order (e.g. a
     categorization seen before the logging) still ends in the same state."""
@@ -142,86 +212,253 @@ def apply_event(state: IncidentState, envelope: Envelope, payload: EventPayload 
     s.event_count += 1
     s.last_event_type = envelope.event_type
     s.last_event_at = at if s.last_event_at is None else max(s.last_event_at, at)
-
-    if isinstance(payload, IncidentLogged):
-        s.title = payload.title
-        s.source = payload.source
-        s.integration_id = payload.integration_id
-        s.dedup_key = payload.dedup_key
-        s.service = s.service or payload.service
-        s.environment = payload.environment
-        s.severity = payload.severity.value
-        s.occurred_at = payload.occurred_at
-        s.logged_at = at
-        s.alert_count = max(s.alert_count, 1)
-        s.alert_state = s.alert_state or "firing"
-        if s.status == "unknown":
-            s.status = "open"
-    elif isinstance(payload, AlertCorrelated):
-        s.alert_count = max(s.alert_count, payload.occurrence_count)
-        s.severity = payload.severity.value
-        s.alert_state = "firing"
-    elif isinstance(payload, AlertResolved):
-        s.alert_state = "resolved"
-    elif isinstance(payload, AlertAcknowledged):
-        # The source's acknowledgement is an input for the assignment stage; the incident counts
-        # as acknowledged (status, MTTA) only when that stage says so (IncidentAcknowledged).
-        # Intake's clock (the envelope), like every other time here, not the source's.
-        s.source_acknowledged_at = s.source_acknowledged_at or at
-    elif isinstance(payload, AlertFlapping):
-        s.alert_state = "flapping"
-    elif isinstance(payload, IncidentCategorized):
-        s.category = payload.category
-        s.subcategory = payload.subcategory
-        if payload.affected_service:
-            s.service = payload.affected_service
-    elif isinstance(payload, IncidentPrioritized | IncidentReprioritized):
-        s.priority = payload.priority
-        s.major = payload.major
-    elif isinstance(payload, IncidentDetailsUpdated | TriageOverrideCleared):
-        pass  # triage answers with a new categorization or priority; that is what changes state
-    else:
-        _apply_lifecycle(s, envelope, at)
+    if payload is not None:
+        apply = APPLIERS.get(payload.event_type)
+        if apply is not None:
+            apply(s, payload, at)
     return s
 
 
-def _apply_lifecycle(s: IncidentState, envelope: Envelope, at: datetime) -> None:
-    """Events of later stages (assignment, sla, resolution). Until their schemas are registered
-    here they arrive undecoded; their meaning is in their name and envelope, so apply that and
-    read the payload only defensively."""
-    body = envelope.payload if isinstance(envelope.payload, dict) else {}
-    kind = envelope.event_type
-    if kind == "IncidentAssigned":
-        s.assignee = _text(body, "assignee", "assignee_id", "responder", "person") or s.assignee
-        s.team = _text(body, "team", "team_id", "team_name") or s.team
-    elif kind == "IncidentAcknowledged":
-        s.acknowledged_at = s.acknowledged_at or at
-        if s.status in ("unknown", "open"):
-            s.status = "acknowledged"
-    elif kind == "IncidentEscalated":
-        s.escalation_count += 1
-        s.team = _text(body, "team", "to_team", "team_id") or s.team
-        s.assignee = _text(body, "assignee", "to_assignee") or s.assignee
-    elif kind == "SlaWarning":
-        s.sla_warned = _with(s.sla_warned, _text(body, "target", "sla_target") or UNSPECIFIED_TARGET)
-        if s.sla_state != "breached":
-            s.sla_state = "warning"
-    elif kind == "SlaBreached":
-        s.sla_breached = _with(s.sla_breached, _text(body, "target", "sla_target") or UNSPECIFIED_TARGET)
-        s.sla_state = "breached"
-    elif kind == "IncidentResolved":
-        s.resolved_at = at
-        if s.status != "closed":
-            s.status = "resolved"
-    elif kind == "IncidentClosed":
-        s.closed_at = at
-        s.resolved_at = s.resolved_at or at
-        s.status = "closed"
-    elif kind == "IncidentReopened":
-        s.reopen_count += 1
+# intake
+
+
+@applies(IncidentLogged)
+def _logged(s: IncidentState, p: IncidentLogged, at: datetime) -> None:
+    s.title = p.title
+    s.source = p.source
+    s.integration_id = p.integration_id
+    s.dedup_key = p.dedup_key
+    s.service = s.service or p.service
+    s.environment = p.environment
+    s.severity = p.severity.value
+    s.occurred_at = p.occurred_at
+    s.logged_at = at
+    s.alert_count = max(s.alert_count, 1)
+    s.alert_state = s.alert_state or "firing"
+    if s.status == "unknown":
         s.status = "open"
-        s.resolved_at = None
-        s.closed_at = None
+
+
+@applies(AlertCorrelated)
+def _correlated(s: IncidentState, p: AlertCorrelated, at: datetime) -> None:
+    s.alert_count = max(s.alert_count, p.occurrence_count)
+    s.severity = p.severity.value
+    s.alert_state = "firing"
+
+
+@applies(AlertResolved)
+def _alert_resolved(s: IncidentState, p: AlertResolved, at: datetime) -> None:
+    s.alert_state = "resolved"
+
+
+@applies(AlertAcknowledged)
+def _alert_acknowledged(s: IncidentState, p: AlertAcknowledged, at: datetime) -> None:
+    # The source's acknowledgement is an input for the assignment stage; the incident counts as
+    # acknowledged (status, MTTA) only when that stage says so (IncidentAcknowledged). Intake's
+    # clock (the envelope), like every other time here, not the source's.
+    s.source_acknowledged_at = s.source_acknowledged_at or at
+
+
+@applies(AlertFlapping)
+def _flapping(s: IncidentState, p: AlertFlapping, at: datetime) -> None:
+    s.alert_state = "flapping"
+
+
+# triage
+
+
+@applies(IncidentCategorized)
+def _categorized(s: IncidentState, p: IncidentCategorized, at: datetime) -> None:
+    s.category = p.category
+    s.subcategory = p.subcategory
+    if p.affected_service:
+        s.service = p.affected_service
+
+
+@applies(IncidentPrioritized)
+@applies(IncidentReprioritized)
+def _prioritized(s: IncidentState, p: IncidentPrioritized | IncidentReprioritized, at: datetime) -> None:
+    s.priority = p.priority
+    s.major = p.major
+
+
+@applies(IncidentDetailsUpdated, TriageOverrideCleared, IncidentStatusUpdated)
+def _shown_only(s: IncidentState, p: EventPayload, at: datetime) -> None:
+    """In the timeline only: triage answers a details update or a cleared override with a new
+    categorization or priority (that is what changes state); a status update is a message."""
+
+
+# assignment
+
+
+@applies(IncidentAssigned)
+def _assigned(s: IncidentState, p: IncidentAssigned, at: datetime) -> None:
+    s.team, s.team_name = p.team_id, p.team_name
+    s.assignee = p.assignee.sub if p.assignee else None
+    s.assignee_name = (p.assignee.name or p.assignee.email) if p.assignee else None
+    if p.tier is not None:
+        s.escalation_tier = p.tier
+    # A new assignee has not taken it on yet (even after an earlier acknowledgement, e.g. when it
+    # escalated past that person); MTTA keeps the first acknowledgement.
+    if s.status in (*_UNTOUCHED, "assigned", "acknowledged"):
+        s.status = "assigned"
+
+
+@applies(IncidentAcknowledged)
+def _acknowledged(s: IncidentState, p: IncidentAcknowledged, at: datetime) -> None:
+    s.acknowledged_at = s.acknowledged_at or at
+    if p.by is not None:
+        s.acknowledged_by = p.by.sub
+    elif p.via is AcknowledgementChannel.INTEGRATION:
+        s.acknowledged_by = f"integration:{p.integration_id or s.integration_id or 'unknown'}"
+    if s.status in (*_UNTOUCHED, "assigned"):
+        s.status = "acknowledged"
+
+
+@applies(IncidentEscalated)
+def _escalated(s: IncidentState, p: IncidentEscalated, at: datetime) -> None:
+    s.escalation_count += 1
+    s.escalation_tier = p.to_tier  # the IncidentAssigned that follows names the new assignee
+
+
+@applies(IncidentPutOnHold)
+def _on_hold(s: IncidentState, p: IncidentPutOnHold, at: datetime) -> None:
+    if s.status not in _FINAL:
+        s.status = "on_hold"
+        s.on_hold_reason = p.reason.value
+
+
+@applies(IncidentResumed)
+def _resumed(s: IncidentState, p: IncidentResumed, at: datetime) -> None:
+    s.on_hold_reason = None
+    if s.status == "on_hold":
+        s.status = _working_status(s)
+
+
+def _working_status(s: IncidentState) -> str:
+    """Where an open incident stands when nothing holds it."""
+    if s.acknowledged_at is not None:
+        return "acknowledged"
+    return "assigned" if s.team is not None else "open"
+
+
+@applies(TaskCreated)
+def _task_created(s: IncidentState, p: TaskCreated, at: datetime) -> None:
+    s.task_count += 1
+    s.open_task_count += 1
+
+
+@applies(TaskStatusChanged)
+def _task_status(s: IncidentState, p: TaskStatusChanged, at: datetime) -> None:
+    was_open, is_open = p.previous_status in OPEN_TASK_STATUSES, p.status in OPEN_TASK_STATUSES
+    s.open_task_count = max(0, s.open_task_count + int(is_open) - int(was_open))
+
+
+@applies(TaskAssigned, TaskOverdue)
+def _task_shown_only(s: IncidentState, p: EventPayload, at: datetime) -> None:
+    """In the incident's timeline; tasks have no columns of their own here."""
+
+
+# sla
+
+
+def _target(s: IncidentState, p: SlaClock, state: str | None) -> None:
+    """Record `state` (None: keep it) and the due time of the event's target, then the overall state."""
+    response = p.target is SlaTargetKind.RESPONSE
+    if state is not None:
+        if response:
+            s.sla_response_state = state
+        else:
+            s.sla_resolution_state = state
+    if response:
+        s.sla_response_due_at = p.due_at
+    else:
+        s.sla_resolution_due_at = p.due_at
+    current = {s.sla_response_state, s.sla_resolution_state}
+    if s.sla_breached:
+        s.sla_state = "breached"
+    else:
+        s.sla_state = next((name for name in SLA_STATES if name in current), None)
+
+
+def _target_state(s: IncidentState, p: SlaClock) -> str | None:
+    return s.sla_response_state if p.target is SlaTargetKind.RESPONSE else s.sla_resolution_state
+
+
+@applies(SlaClockStarted)
+def _clock_started(s: IncidentState, p: SlaClockStarted, at: datetime) -> None:
+    _target(s, p, "running")
+
+
+@applies(SlaClockPaused)
+def _clock_paused(s: IncidentState, p: SlaClockPaused, at: datetime) -> None:
+    # A breached target stays breached while paused: its time is up either way.
+    _target(s, p, None if _target_state(s, p) == "breached" else "paused")
+
+
+@applies(SlaClockResumed)
+def _clock_resumed(s: IncidentState, p: SlaClockResumed, at: datetime) -> None:
+    if _target_state(s, p) == "breached":
+        _target(s, p, None)
+    else:
+        _target(s, p, "warned" if p.target.value in s.sla_warned and not p.reopened else "running")
+
+
+@applies(SlaWarning)
+def _sla_warning(s: IncidentState, p: SlaWarning, at: datetime) -> None:
+    s.sla_warned = _with(s.sla_warned, p.target.value)
+    _target(s, p, None if _target_state(s, p) == "breached" else "warned")
+
+
+@applies(SlaBreached)
+def _sla_breached(s: IncidentState, p: SlaBreached, at: datetime) -> None:
+    s.sla_breached = _with(s.sla_breached, p.target.value)
+    _target(s, p, "breached")
+
+
+@applies(SlaMet)
+def _sla_met(s: IncidentState, p: SlaMet, at: datetime) -> None:
+    _target(s, p, "met")
+
+
+@applies(SlaCancelled)
+def _sla_cancelled(s: IncidentState, p: SlaCancelled, at: datetime) -> None:
+    _target(s, p, "cancelled")
+
+
+# resolution
+
+
+@applies(IncidentResolved)
+def _resolved(s: IncidentState, p: IncidentResolved, at: datetime) -> None:
+    s.resolved_at = at
+    s.resolution_code = p.code.value
+    s.on_hold_reason = None
+    if s.status != "closed":
+        s.status = "resolved"
+
+
+@applies(IncidentClosed)
+def _closed(s: IncidentState, p: IncidentClosed, at: datetime) -> None:
+    s.closed_at = at
+    s.resolved_at = s.resolved_at or at
+    s.on_hold_reason = None
+    s.status = "closed"
+
+
+@applies(IncidentReopened)
+def _reopened(s: IncidentState, p: IncidentReopened, at: datetime) -> None:
+    s.reopen_count += 1
+    s.resolved_at = None
+    s.closed_at = None
+    s.resolution_code = None
+    # Assignment assigns it again (to its last team), which makes it `assigned`.
+    s.status = "open"
+
+
+@applies(PostIncidentReviewCompleted)
+def _reviewed(s: IncidentState, p: PostIncidentReviewCompleted, at: datetime) -> None:
+    s.reviewed_at = at
 
 
 def _with(items: tuple[str, ...], item: str) -> tuple[str, ...]:

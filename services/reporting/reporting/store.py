@@ -46,6 +46,20 @@ def _incident_columns() -> list[sa.Column]:  # type: ignore[type-arg]
         sa.Column("sla_warned", pg.ARRAY(sa.Text), nullable=False, server_default="{}"),
         sa.Column("sla_breached", pg.ARRAY(sa.Text), nullable=False, server_default="{}"),
         sa.Column("source_acknowledged_at", TS),
+        # Added by revision 0003: what the assignment, SLA and resolution stages' typed events say.
+        sa.Column("team_name", sa.Text),
+        sa.Column("assignee_name", sa.Text),
+        sa.Column("acknowledged_by", sa.Text),
+        sa.Column("escalation_tier", sa.Integer),
+        sa.Column("on_hold_reason", sa.Text),
+        sa.Column("resolution_code", sa.Text),
+        sa.Column("sla_response_state", sa.Text),
+        sa.Column("sla_response_due_at", TS),
+        sa.Column("sla_resolution_state", sa.Text),
+        sa.Column("sla_resolution_due_at", TS),
+        sa.Column("reviewed_at", TS),
+        sa.Column("task_count", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("open_task_count", sa.Integer, nullable=False, server_default="0"),
     ]
 
 
@@ -120,6 +134,8 @@ for _sort in SORTS:
     sa.Index(f"incidents_sort_{_sort}", incidents.c.version, sort_key(incidents, _sort), incidents.c.incident_id)
 sa.Index("incidents_team", incidents.c.version, incidents.c.team)
 sa.Index("incidents_service", incidents.c.version, incidents.c.service)
+# Revision 0003: a person's incidents ("my incidents").
+sa.Index("incidents_assignee", incidents.c.version, incidents.c.assignee)
 
 # Every state an incident has been in, valid over [valid_from, valid_to): `as_of=t` is one
 # indexed lookup. seq = the incident's event count after the change.

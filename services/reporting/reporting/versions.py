@@ -18,9 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from opsledger.bus.consumer import ConsumerSpec, EventConsumer
 from opsledger.db import inbox_table
 from opsledger.events import Stream
-from opsledger.service import Runtime, supervise
+from opsledger.service import supervise
 from opsledger.settings import ServiceSettings
 from reporting.projector import Projector
+from reporting.runtime import ReportingRuntime
 from reporting.store import PROJECTION_TABLES, positions, projection_state
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class _Running:
 class ProjectionManager:
     """Runs the consumer of the active version and, during a rebuild, the new version's too."""
 
-    def __init__(self, runtime: Runtime, switch_poll_seconds: float = 0.2) -> None:
+    def __init__(self, runtime: ReportingRuntime, switch_poll_seconds: float = 0.2) -> None:
         self.runtime = runtime
         self.switch_poll_seconds = switch_poll_seconds
         self.running: dict[int, _Running] = {}

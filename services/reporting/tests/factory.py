@@ -18,8 +18,25 @@ from opsledger.events import (
     new_event,
     registry,
 )
-from opsledger.events.common import Severity
+from opsledger.events.assignment import (
+    AcknowledgementChannel,
+    EscalationCause,
+    IncidentAcknowledged,
+    IncidentAssigned,
+    IncidentEscalated,
+)
+from opsledger.events.common import PersonRef, Severity, SlaTargetKind
 from opsledger.events.intake import AlertCorrelated, AlertResolved, IncidentLogged
+from opsledger.events.resolution import (
+    ClosureCode,
+    IncidentClosed,
+    IncidentReopened,
+    IncidentResolved,
+    ReopenKind,
+    ReopenTrigger,
+    ResolutionCode,
+)
+from opsledger.events.sla import SlaBreached, SlaWarning
 from opsledger.events.triage import IncidentCategorized, IncidentPrioritized, IncidentReprioritized, PriorityInputs
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
@@ -98,6 +115,64 @@ def alert_resolved(first: Envelope, minute: float) -> Envelope:
                      occurred_at=at(minute))  # fmt: skip
 
 
+def stage(
+    payload: EventPayload, incident: uuid.UUID, minute: float, producer: str, actor: str | None = None
+) -> Envelope:
+    """An event of a later stage (assignment, sla, resolution), as that service writes it."""
+    return new_event(
+        payload, producer=producer, actor=actor or f"system:{producer}", incident_id=incident, occurred_at=at(minute)
+    )
+
+
+def assigned(incident: uuid.UUID, minute: float, team: str = "payments", assignee: str | None = "alice",
+             tier: int = 0) -> Envelope:  # fmt: skip
+    person = PersonRef(sub=assignee, name=assignee.title()) if assignee else None
+    payload = IncidentAssigned(
+        team_id=team, team_name=team.title(), assignee=person, escalation_policy_id=f"{team}-policy", tier=tier,
+        reason=f"on call in {team} primary" if person else "nobody on call",
+    )  # fmt: skip
+    return stage(payload, incident, minute, "assignment")
+
+
+def acknowledged(incident: uuid.UUID, minute: float, by: str = "alice") -> Envelope:
+    payload = IncidentAcknowledged(via=AcknowledgementChannel.API, by=PersonRef(sub=by))
+    return stage(payload, incident, minute, "assignment", actor=f"user:{by}")
+
+
+def escalated(incident: uuid.UUID, minute: float, to_tier: int = 1,
+              cause: EscalationCause = EscalationCause.MANUAL) -> Envelope:  # fmt: skip
+    payload = IncidentEscalated(from_tier=to_tier - 1, to_tier=to_tier, cause=cause, reason=f"escalated: {cause}")
+    actor = "user:manager" if cause is EscalationCause.MANUAL else None
+    return stage(payload, incident, minute, "assignment", actor=actor)
+
+
+def sla(kind: str, incident: uuid.UUID, minute: float, target: str = "resolution") -> Envelope:
+    """An SlaWarning (at 75 %) or SlaBreached of `target` (response | resolution), fired at `minute`."""
+    due = at(minute + 30) if kind == "SlaWarning" else at(minute)
+    clock: dict[str, Any] = {"target": SlaTargetKind(target), "target_seconds": 3600, "due_at": due,
+                             "policy_version": 1, "fired_at": at(minute)}  # fmt: skip
+    payload: EventPayload = (
+        SlaWarning(**clock, threshold_percent=75, threshold_at=at(minute)) if kind == "SlaWarning"
+        else SlaBreached(**clock)
+    )  # fmt: skip
+    return stage(payload, incident, minute, "sla")
+
+
+def resolved(incident: uuid.UUID, minute: float, code: ResolutionCode = ResolutionCode.FIXED) -> Envelope:
+    payload = IncidentResolved(code=code, root_cause="a bad deploy", steps_taken="rolled back",
+                               resolved_by=PersonRef(sub="alice"))  # fmt: skip
+    return stage(payload, incident, minute, "resolution", actor="user:alice")
+
+
+def reopened(incident: uuid.UUID, minute: float) -> Envelope:
+    payload = IncidentReopened(reason="the alert fired again", by=ReopenTrigger(kind=ReopenKind.ALERT_REFIRED))
+    return stage(payload, incident, minute, "resolution")
+
+
+def closed(incident: uuid.UUID, minute: float, code: ClosureCode = ClosureCode.RESOLVED) -> Envelope:
+    return stage(IncidentClosed(code=code, auto=True), incident, minute, "resolution")
+
+
 def foreign(
     event_type: str,
     incident: uuid.UUID,
@@ -149,7 +224,8 @@ def last_positions(batch: list[Delivery]) -> dict[tuple[str, int], int]:
 
 def lifecycle(incident: uuid.UUID) -> list[Envelope]:
     """A full life: logged, triaged, a correlated repeat that raises the priority, assigned,
-    acknowledged, SLA warning, resolved, reopened, resolved again, closed."""
+    acknowledged, SLA warning, escalated and assigned to the next tier, resolved, reopened,
+    resolved again, closed."""
     first = logged(incident, 0)
     return [
         first,
@@ -157,13 +233,14 @@ def lifecycle(incident: uuid.UUID) -> list[Envelope]:
         prioritized(first, 0.2, "P3"),
         correlated(first, 2, 2),
         reprioritized(first, 2.1, "P1", "P3"),
-        foreign("IncidentAssigned", incident, 3, {"assignee": "alice", "team": "payments"}),
-        foreign("IncidentAcknowledged", incident, 5),
-        foreign("SlaWarning", incident, 20, producer="sla"),
-        foreign("IncidentEscalated", incident, 25, {"team": "payments-l2"}),
+        assigned(incident, 3, "payments", "alice"),
+        acknowledged(incident, 5, "alice"),
+        sla("SlaWarning", incident, 20, "resolution"),
+        escalated(incident, 25, 1, EscalationCause.SLA_WARNING),
+        assigned(incident, 25.5, "payments-l2", "bob", tier=1),
         alert_resolved(first, 30),
-        foreign("IncidentResolved", incident, 40, producer="resolution"),
-        foreign("IncidentReopened", incident, 50, producer="resolution"),
-        foreign("IncidentResolved", incident, 60, producer="resolution"),
-        foreign("IncidentClosed", incident, 70, producer="resolution"),
+        resolved(incident, 40),
+        reopened(incident, 50),
+        resolved(incident, 60),
+        closed(incident, 70),
     ]

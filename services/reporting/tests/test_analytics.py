@@ -50,43 +50,41 @@ class Spec:
         first = f.logged(i, t, service=self.service, source=self.source)
         out = [first, f.categorized(first, t + 0.1, self.category), f.prioritized(first, t + 0.2, self.priority)]
         out += [f.correlated(first, t + 0.3 + n / 100, n) for n in range(2, self.alerts + 1)]
-        out.append(f.foreign("IncidentAssigned", i, t + 0.5, {"team": self.team, "assignee": f"{self.team}-1"}))
+        out.append(f.assigned(i, t + 0.5, self.team, f"{self.team}-1"))
         later: list[tuple[float, Envelope]] = []
         if self.ack is not None:
-            later.append((self.ack, f.foreign("IncidentAcknowledged", i, t + self.ack)))
+            later.append((self.ack, f.acknowledged(i, t + self.ack, f"{self.team}-1")))
         for n in range(self.escalations):
-            later.append((0.6 + n / 10, f.foreign("IncidentEscalated", i, t + 0.6 + n / 10, {"level": n + 2})))
+            later.append((0.6 + n / 10, f.escalated(i, t + 0.6 + n / 10, to_tier=n + 1)))
         for kind, target in self.sla:
-            later.append((0.9, f.foreign(kind, i, t + 0.9, {"target": target}, producer="sla")))
+            later.append((0.9, f.sla(kind, i, t + 0.9, target)))
         if self.first_resolve is not None:
-            later.append(
-                (self.first_resolve, f.foreign("IncidentResolved", i, t + self.first_resolve, producer="resolution"))
-            )
+            later.append((self.first_resolve, f.resolved(i, t + self.first_resolve)))
             later.append(
                 (
                     self.first_resolve + 1,
-                    f.foreign("IncidentReopened", i, t + self.first_resolve + 1, producer="resolution"),
+                    f.reopened(i, t + self.first_resolve + 1),
                 )
             )
         if self.resolve is not None:
-            later.append((self.resolve, f.foreign("IncidentResolved", i, t + self.resolve, producer="resolution")))
+            later.append((self.resolve, f.resolved(i, t + self.resolve)))
         if self.closed is not None:
-            later.append((self.closed, f.foreign("IncidentClosed", i, t + self.closed, producer="resolution")))
+            later.append((self.closed, f.closed(i, t + self.closed)))
         return out + [env for _, env in sorted(later, key=lambda pair: pair[0])]
 
 
 SPECS = [
     Spec("a", 0, "P1", "Database", "dba", "payments-db", alerts=4, ack=2, resolve=30, closed=40,
-         sla=[("SlaWarning", "resolve")]),
+         sla=[("SlaWarning", "resolution")]),
     Spec("b", 10, "P1", "Database", "dba", "payments-db", alerts=2, ack=6, resolve=95, first_resolve=20,
-         escalations=1, sla=[("SlaWarning", "resolve"), ("SlaBreached", "resolve")]),
+         escalations=1, sla=[("SlaWarning", "resolution"), ("SlaBreached", "resolution")]),
     Spec("c", 20, "P2", "Application", "web", "checkout", ack=11, resolve=50,
-         sla=[("SlaBreached", "acknowledge")]),
+         sla=[("SlaBreached", "response")]),
     Spec("d", 30, "P2", "Application", "web", "checkout", source="pagerduty", alerts=3, ack=1),
     Spec("e", 40, "P3", "Network", "net", "edge", ack=35, resolve=240, escalations=2),
     Spec("f", 50, "P3", "Application", "web", "search", source="pagerduty"),
     Spec("g", DAY + 5, "P1", "Network", "net", "edge", alerts=7, ack=4, resolve=61,
-         sla=[("SlaWarning", "acknowledge"), ("SlaBreached", "resolve")]),
+         sla=[("SlaWarning", "response"), ("SlaBreached", "resolution")]),
     Spec("h", DAY + 15, "P4", "Application", "web", "checkout", closed=500),  # closed, never "resolved"
     Spec("i", DAY + 25, "P1", "Database", "dba", "payments-db", ack=3),
 ]  # fmt: skip

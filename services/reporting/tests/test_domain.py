@@ -64,13 +64,26 @@ def test_full_lifecycle_of_later_stages() -> None:
     for env in events:
         state = apply_event(state, env, f.decode(env))
         states.append(state)
-    by_type = {e.event_type: s for e, s in zip(events, states, strict=True)}
-    assert (by_type["IncidentAssigned"].assignee, by_type["IncidentAssigned"].team) == ("alice", "payments")
-    assert by_type["IncidentAcknowledged"].status == "acknowledged"
-    assert by_type["IncidentAcknowledged"].acknowledged_at == f.at(5)
-    assert by_type["SlaWarning"].sla_state == "warning"
-    assert by_type["IncidentEscalated"].escalation_count == 1 and by_type["IncidentEscalated"].team == "payments-l2"
-    assert by_type["IncidentReopened"].status == "open" and by_type["IncidentReopened"].resolved_at is None
+    by_step = dict(zip((f"{e.event_type}@{e.occurred_at:%M:%S}" for e in events), states, strict=True))
+    first = by_step["IncidentAssigned@03:00"]
+    assert (first.status, first.assignee, first.assignee_name, first.team, first.team_name) == (
+        "assigned", "alice", "Alice", "payments", "Payments",
+    )  # fmt: skip
+    ack = by_step["IncidentAcknowledged@05:00"]
+    assert (ack.status, ack.acknowledged_at, ack.acknowledged_by) == ("acknowledged", f.at(5), "alice")
+    warned = by_step["SlaWarning@20:00"]
+    assert (warned.sla_state, warned.sla_resolution_state, warned.sla_warned) == ("warned", "warned", ("resolution",))
+    assert warned.sla_resolution_due_at == f.at(50) and warned.sla_response_state is None
+    escalated = by_step["IncidentEscalated@25:00"]
+    assert (escalated.escalation_count, escalated.escalation_tier, escalated.team) == (1, 1, "payments")
+    second = by_step["IncidentAssigned@25:30"]
+    assert (second.status, second.assignee, second.team) == ("assigned", "bob", "payments-l2")
+    assert second.acknowledged_at == f.at(5), "MTTA keeps the first acknowledgement"
+    assert (by_step["IncidentResolved@40:00"].status, by_step["IncidentResolved@40:00"].resolution_code) == (
+        "resolved", "fixed",
+    )  # fmt: skip
+    reopened = by_step["IncidentReopened@50:00"]
+    assert (reopened.status, reopened.resolved_at, reopened.resolution_code) == ("open", None, None)
     final = states[-1]
     assert (final.status, final.resolved_at, final.closed_at, final.reopen_count) == ("closed", f.at(60), f.at(70), 1)
     assert final.event_count == len(events) and final.last_event_at == f.at(70)
@@ -78,9 +91,8 @@ def test_full_lifecycle_of_later_stages() -> None:
 
 def test_sla_breach_is_not_downgraded_by_a_later_warning() -> None:
     incident = uuid.uuid4()
-    state = replay([f.logged(incident), f.foreign("SlaBreached", incident, 9, producer="sla"),
-                    f.foreign("SlaWarning", incident, 10, producer="sla")])  # fmt: skip
-    assert state.sla_state == "breached"
+    state = replay([f.logged(incident), f.sla("SlaBreached", incident, 9), f.sla("SlaWarning", incident, 10)])
+    assert (state.sla_state, state.sla_resolution_state) == ("breached", "breached")
 
 
 @pytest.mark.parametrize(
@@ -107,11 +119,16 @@ def test_unknown_types_and_versions_are_counted_but_change_nothing_else(
     assert after.event_count == 2 and after.last_event_type == event_type
 
 
-def test_lifecycle_payloads_of_unexpected_shape_do_not_crash() -> None:
+def test_lifecycle_payloads_that_do_not_match_their_schema_are_shown_but_change_nothing() -> None:
+    """Reporting reads the later stages typed: a payload of another shape (e.g. written before the
+    schema was registered) is in the timeline as invalid_payload, and the incident stays as it was."""
     incident = uuid.uuid4()
-    state = replay([f.logged(incident), f.foreign("IncidentAssigned", incident, 1, {"assignee": 42, "team": None}),
-                    f.foreign("IncidentAssigned", incident, 2, {"assignee": {"name": "bob"}})])  # fmt: skip
-    assert state.assignee == "bob" and state.team is None
+    before = replay([f.logged(incident), f.assigned(incident, 1)])
+    guessed = f.foreign("IncidentAssigned", incident, 2, {"assignee": {"name": "bob"}, "team": "other"})
+    payload, error = f.decode_with_error(guessed)
+    assert payload is None and decode_status(guessed, None, error) == "invalid_payload"
+    after = apply_event(before, guessed, None)
+    assert (after.assignee, after.team, after.status, after.event_count) == ("alice", "payments", "assigned", 3)
 
 
 MEANINGFUL = [f.name for f in dataclasses.fields(IncidentState) if f.name != "last_event_type"]
@@ -200,17 +217,16 @@ def test_flapping_and_source_signals_update_alert_state_only() -> None:
 def test_sla_events_record_each_target_in_any_order() -> None:
     incident = uuid.uuid4()
     sla = [
-        f.foreign("SlaWarning", incident, 5, {"target": "resolve", "threshold": 0.8}, producer="sla"),
-        f.foreign("SlaBreached", incident, 6, {"target": "acknowledge"}, producer="sla"),
-        f.foreign("SlaWarning", incident, 7, {"target": "acknowledge"}, producer="sla"),
-        f.foreign("SlaWarning", incident, 8, {"threshold": 0.5}, producer="sla"),  # names no target
+        f.sla("SlaWarning", incident, 5, "resolution"),
+        f.sla("SlaBreached", incident, 6, "response"),
+        f.sla("SlaWarning", incident, 7, "response"),
     ]
     finals = {
-        (s.sla_warned, s.sla_breached, s.sla_state)
+        (s.sla_warned, s.sla_breached, s.sla_state, s.sla_response_state)
         for order in itertools.permutations(sla)
         for s in [replay([f.logged(incident), *order])]
     }
-    assert finals == {(("acknowledge", "resolve", "unspecified"), ("acknowledge",), "breached")}
+    assert finals == {(("resolution", "response"), ("response",), "breached", "breached")}
 
 
 def test_source_acknowledgement_is_shown_but_does_not_acknowledge_the_incident() -> None:
@@ -222,7 +238,8 @@ def test_source_acknowledgement_is_shown_but_does_not_acknowledge_the_incident()
         AlertAcknowledged(source="pagerduty", dedup_key=first.payload["dedup_key"], acknowledged_at=f.at(1)),
         producer="intake", actor="integration:int-1", incident_id=first.incident_id, occurred_at=f.at(2),
     )  # fmt: skip
-    state = replay([first, ack, f.foreign("IncidentAcknowledged", first.incident_id, 9)])  # type: ignore[arg-type]
+    assert first.incident_id is not None
+    state = replay([first, ack, f.acknowledged(first.incident_id, 9)])
     assert state.source_acknowledged_at == f.at(2), "intake's clock, like every other time"
     assert state.acknowledged_at == f.at(9) and state.status == "acknowledged"
 
@@ -243,3 +260,118 @@ def test_decode_status_tells_newer_from_unsupported_older_versions(monkeypatch: 
     assert decode_status(f.foreign("Versioned", incident, 1, version=3), None) == "newer_version"
     assert decode_status(f.foreign("Versioned", incident, 1, version=1), None) == "unsupported_version"
     assert decode_status(f.foreign("Unheard", incident, 1), None) == "unknown_type"
+
+
+def test_hold_and_resume_return_to_where_the_incident_stood() -> None:
+    from opsledger.events.assignment import HoldReason, IncidentPutOnHold, IncidentResumed
+
+    incident = uuid.uuid4()
+    hold = f.stage(IncidentPutOnHold(reason=HoldReason.AWAITING_VENDOR, note="ticket 123"), incident, 6, "assignment")
+    resume = f.stage(IncidentResumed(reason=HoldReason.AWAITING_VENDOR), incident, 8, "assignment")
+    base = [f.logged(incident), f.assigned(incident, 1)]
+    held = replay([*base, hold])
+    assert (held.status, held.on_hold_reason) == ("on_hold", "awaiting_vendor")
+    assert replay([*base, hold, f.assigned(incident, 7, "other", "carol")]).status == "on_hold", (
+        "reassigned, still waiting"
+    )
+    assert (replay([*base, hold, resume]).status, replay([*base, hold, resume]).on_hold_reason) == ("assigned", None)
+    acked = replay([*base, f.acknowledged(incident, 2), hold, resume])
+    assert acked.status == "acknowledged"
+    assert replay([*base, f.resolved(incident, 5), hold]).status == "resolved", "a resolved incident is not on hold"
+
+
+def test_sla_clock_states_per_target_and_the_overall_state() -> None:
+    from opsledger.events.sla import (
+        SlaCancelled,
+        SlaCancelReason,
+        SlaClockPaused,
+        SlaClockResumed,
+        SlaClockStarted,
+        SlaMet,
+    )
+
+    incident = uuid.uuid4()
+
+    def clock(target: str, due: float) -> dict[str, Any]:
+        return {"target": target, "target_seconds": 900, "due_at": f.at(due), "policy_version": 3, "priority": "P1"}
+
+    def ev(payload: Any, minute: float) -> Envelope:
+        return f.stage(payload, incident, minute, "sla")
+
+    started = [
+        ev(SlaClockStarted(**clock("response", 15), counted_from=f.at(0)), 1),
+        ev(SlaClockStarted(**clock("resolution", 240), counted_from=f.at(0)), 1),
+    ]
+    running = replay([f.logged(incident), *started])
+    assert (running.sla_state, running.sla_response_state, running.sla_resolution_state) == ("running",) * 3
+    assert (running.sla_response_due_at, running.sla_resolution_due_at) == (f.at(15), f.at(240))
+    met = replay(
+        [f.logged(incident), *started, ev(SlaMet(**clock("response", 15), met_at=f.at(5), elapsed_seconds=300), 5)]
+    )
+    assert (met.sla_response_state, met.sla_state) == ("met", "running")
+    pause = ev(SlaClockPaused(**clock("resolution", 240), elapsed_seconds=600, reason="awaiting_vendor"), 10)
+    paused = replay([f.logged(incident), *started, pause])
+    assert (paused.sla_resolution_state, paused.sla_state) == ("paused", "running"), "the response clock still runs"
+    resume = ev(SlaClockResumed(**clock("resolution", 300), paused_seconds=3600), 70)
+    resumed = replay([f.logged(incident), *started, f.sla("SlaWarning", incident, 9), pause, resume])
+    assert (resumed.sla_resolution_state, resumed.sla_resolution_due_at) == ("warned", f.at(300))
+    retarget = [
+        f.sla("SlaBreached", incident, 15, "response"),
+        ev(SlaCancelled(**clock("response", 15), reason=SlaCancelReason.RETARGETED, was_breached=True), 16),
+        ev(SlaClockStarted(**clock("response", 30), counted_from=f.at(0), retargeted=True), 16),
+    ]
+    cancelled = replay([f.logged(incident), *started, *retarget])
+    assert cancelled.sla_response_state == "running" and cancelled.sla_breached == ("response",)
+    assert cancelled.sla_state == "breached", "a breach stays in the record after re-targeting"
+
+
+def test_integration_acknowledgement_tasks_and_review() -> None:
+    from opsledger.events.assignment import (
+        AcknowledgementChannel,
+        AssigneeChoice,
+        IncidentAcknowledged,
+        TaskAssigned,
+        TaskCreated,
+        TaskStatus,
+        TaskStatusChanged,
+    )
+    from opsledger.events.common import PersonRef
+    from opsledger.events.resolution import Audience, IncidentStatusUpdated, PostIncidentReviewCompleted
+
+    incident = uuid.uuid4()
+    tasks = [uuid.uuid4(), uuid.uuid4()]
+    events = [
+        f.logged(incident),
+        f.assigned(incident, 1),
+        f.stage(IncidentAcknowledged(via=AcknowledgementChannel.INTEGRATION, integration_id="int-9"), incident, 2,
+                "assignment", actor="integration:int-9"),
+        *(f.stage(TaskCreated(task_id=t, title=f"t{n}"), incident, 3 + n, "assignment") for n, t in enumerate(tasks)),
+        f.stage(TaskAssigned(task_id=tasks[0], assignee=PersonRef(sub="bob"), chosen_by=AssigneeChoice.LEAST_LOADED,
+                             reason="fewest open tasks"), incident, 6, "assignment"),
+        f.stage(TaskStatusChanged(task_id=tasks[0], status=TaskStatus.IN_PROGRESS, previous_status=TaskStatus.OPEN),
+                incident, 7, "assignment"),
+        f.stage(TaskStatusChanged(task_id=tasks[1], status=TaskStatus.DONE, previous_status=TaskStatus.OPEN),
+                incident, 8, "assignment"),
+        f.stage(IncidentStatusUpdated(audience=Audience.STAKEHOLDERS, message="mitigated"), incident, 9, "resolution"),
+        f.stage(PostIncidentReviewCompleted(review_id="r1", summary="s", impact="i", root_cause="rc",
+                                            approved_by=PersonRef(sub="manager")), incident, 10, "resolution"),
+    ]  # fmt: skip
+    state = replay(events)
+    assert (state.status, state.acknowledged_by, state.acknowledged_at) == (
+        "acknowledged",
+        "integration:int-9",
+        f.at(2),
+    )
+    assert (state.task_count, state.open_task_count, state.reviewed_at) == (2, 1, f.at(10))
+    assert state.event_count == len(events) and state.last_event_type == "PostIncidentReviewCompleted"
+
+
+def test_the_projection_registry_takes_each_latest_version_once() -> None:
+    from opsledger.events.intake import IncidentLoggedV1
+    from reporting.domain import APPLIERS, applies
+
+    assert APPLIERS["IncidentLogged"] is not None
+    with pytest.raises(ValueError, match="projected twice"):
+        applies(f.IncidentAssigned)(lambda s, p, at: None)
+    with pytest.raises(ValueError, match="latest version"):
+        applies(IncidentLoggedV1)(lambda s, p, at: None)

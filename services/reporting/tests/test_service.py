@@ -9,6 +9,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -18,15 +19,16 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from opsledger.events import Envelope, Stream
-from opsledger.testing import TestInfra, eventually, running_app
+from opsledger.testing import TestInfra, eventually, running_app, session_tokens
 from reporting.app import build
 from reporting.settings import Settings
 
 from . import factory as f
 
 pytestmark = pytest.mark.integration
-ANALYST = {"Authorization": "Bearer analyst-token"}
-ADMIN = {"Authorization": "Bearer admin-token"}
+TOKENS = session_tokens()
+ANALYST = TOKENS.headers("test-analyst", "analyst")
+ADMIN = TOKENS.headers("test-admin", "admin")
 
 
 @dataclass
@@ -61,8 +63,7 @@ def make_settings(infra: TestInfra, url: str, topic_prefix: str, **overrides: An
         kafka_bootstrap=infra.kafka_bootstrap,
         topic_prefix=topic_prefix,
         topic_partitions=3,
-        admin_token="admin-token",
-        analyst_token="analyst-token",
+        **TOKENS.settings(),
         rebuild_switch_poll_seconds=0.1,
         **overrides,
     )
@@ -222,7 +223,11 @@ async def test_bad_parameters_are_4xx_naming_the_parameter(service: Service) -> 
     for path, params, parameter in BAD_PARAMETERS:
         response = await service.client.get(path, params=params, headers=ANALYST)
         assert response.status_code == 400, (path, params, response.text)
-        assert response.json()["detail"]["parameter"] == parameter, (path, params, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        body = response.json()
+        assert body["status"] == 400 and body["title"] == "Bad Request", body
+        fields = [e["field"] for e in body["errors"]]
+        assert fields[0] in (f"query.{parameter}", f"path.{parameter}"), (path, params, response.text)
 
 
 async def test_unknown_incident_is_404_and_tokens_are_required(service: Service) -> None:
@@ -230,9 +235,17 @@ async def test_unknown_incident_is_404_and_tokens_are_required(service: Service)
     for path in (f"/v1/incidents/{missing}", f"/v1/incidents/{missing}/timeline"):
         assert (await service.client.get(path, headers=ANALYST)).status_code == 404
     assert (await service.client.get("/v1/incidents")).status_code == 401
-    assert (await service.client.get("/v1/incidents", headers={"Authorization": "Bearer nope"})).status_code == 403
+    malformed = await service.client.get("/v1/incidents", headers={"Authorization": "Bearer nope"})
+    assert malformed.status_code == 401 and 'error="invalid_token"' in malformed.headers["www-authenticate"]
     assert (await service.client.get("/v1/incidents", headers=ADMIN)).status_code == 200
-    assert (await service.client.post("/v1/admin/rebuild", headers=ANALYST)).status_code == 403
+    responder = TOKENS.headers("test-responder", "responder")
+    assert (await service.client.get("/v1/incidents", headers=responder)).status_code == 200
+    reporter = await service.client.get("/v1/incidents", headers=TOKENS.headers("test-reporter", "reporter"))
+    assert reporter.status_code == 403 and "analyst, responder, manager, admin" in reporter.json()["detail"]
+    refused = await service.client.post("/v1/admin/rebuild", headers=ANALYST)
+    assert refused.status_code == 403 and "requires one of the roles: admin" in refused.json()["detail"]
+    expired = TOKENS.headers("test-admin", "admin", lifetime=timedelta(seconds=-120))
+    assert (await service.client.post("/v1/admin/rebuild", headers=expired)).status_code == 401
 
 
 async def test_analytics_figures_name_the_incidents_behind_them(service: Service) -> None:

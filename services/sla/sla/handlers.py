@@ -1,17 +1,9 @@
-"""Event handlers of the sla service: event -> decision -> state (+ new events via outbox)."""
+"""The sla stage: its decider run over consumed batches, fired timers and commands (see
+opsledger.stage), reading and writing this service's own tables."""
 
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from opsledger.stage import Stage
+from sla import domain, store
 
-from opsledger.events import Envelope, EventPayload
-from opsledger.events.intake import IncidentLogged
-from sla.store import known_incidents
-
-
-async def on_incident_event(session: AsyncSession, envelope: Envelope, payload: EventPayload | None) -> None:
-    if isinstance(payload, IncidentLogged) and envelope.incident_id is not None:
-        await session.execute(
-            pg_insert(known_incidents)
-            .values(incident_id=envelope.incident_id, logged_at=envelope.occurred_at, title=payload.title)
-            .on_conflict_do_nothing()
-        )
+stage: Stage[domain.Incident, None] = Stage(
+    "sla", domain.decider, load=store.load, save=store.save, context=store.no_context
+)

@@ -15,15 +15,18 @@ from aiokafka import AIOKafkaProducer
 
 from opsledger.events import Envelope, Stream, derived_event_id, new_event
 from opsledger.events.intake import AlertCorrelated, IncidentDetailsUpdated, IncidentLogged
-from opsledger.testing import TestInfra, eventually, read_topic, running_app
+from opsledger.testing import TestInfra, eventually, read_topic, running_app, session_tokens
 from opsledger.testing.helpers import envelopes
 from triage.app import build
 from triage.settings import Settings
 
 pytestmark = pytest.mark.integration
 
-ADMIN = {"Authorization": "Bearer dev-admin-token"}
-ANALYST = {"Authorization": "Bearer dev-analyst-token"}
+TOKENS = session_tokens()
+ADMIN = TOKENS.headers("test-admin", "admin")
+MANAGER = TOKENS.headers("test-manager", "manager")
+ANALYST = TOKENS.headers("test-analyst", "analyst")
+RESPONDER = TOKENS.headers("test-responder", "responder")
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
@@ -37,6 +40,7 @@ async def settings(infra: TestInfra, make_database: Callable[..., Any], topic_pr
         relay_poll_seconds=0.05,
         service_criticality={"payments": 1},
         log_json=False,
+        **TOKENS.settings(),
     )
 
 
@@ -233,23 +237,32 @@ async def test_override_wins_over_automation_until_cleared(
 
     # Bad overrides are refused, naming the fault, and change nothing.
     url = f"/v1/incidents/{incident_id}/override"
-    bad = await client.post(url, json={"priority": "P9", "reason": "x"}, headers=ADMIN)
+    bad = await client.post(url, json={"priority": "P9", "reason": "x"}, headers=MANAGER)
     assert bad.status_code == 422 and "priority" in bad.text
-    bad = await client.post(url, json={"category": "Nope", "reason": "x"}, headers=ADMIN)
+    assert bad.headers["content-type"] == "application/problem+json"
+    assert [e["field"] for e in bad.json()["errors"]] == ["body.priority"], bad.text
+    bad = await client.post(url, json={"category": "Nope", "reason": "x"}, headers=MANAGER)
     assert bad.status_code == 422 and "unknown category 'Nope'" in bad.text
-    assert (await client.post(url, json={"reason": "x"}, headers=ADMIN)).status_code == 422
-    assert (await client.post(url, json={"priority": "P1", "reason": "x"}, headers=ANALYST)).status_code == 403
+    neither = await client.post(url, json={"reason": "x"}, headers=MANAGER)
+    assert neither.status_code == 422 and neither.json()["errors"][0]["field"] == "body.category"
+    for who in (ANALYST, RESPONDER):
+        refused = await client.post(url, json={"priority": "P1", "reason": "x"}, headers=who)
+        assert refused.status_code == 403 and "manager, admin" in refused.json()["detail"]
     missing = await client.post(
         f"/v1/incidents/{uuid.uuid4()}/override", json={"priority": "P1", "reason": "x"}, headers=ADMIN
     )
-    assert missing.status_code == 404
+    assert missing.status_code == 404 and missing.json()["status"] == 404
 
     response = await client.post(
-        url, json={"priority": "P4", "category": "Network", "reason": "known flaky probe"}, headers=ADMIN
+        url, json={"priority": "P4", "category": "Network", "reason": "known flaky probe"}, headers=MANAGER
     )
     assert response.status_code == 200, response.text
     recat = (await wait_for(settings, incident_id, "IncidentCategorized", count=2))[1]
-    assert (recat.payload["category"], recat.payload["overridden"], recat.actor) == ("Network", True, "admin")
+    assert (recat.payload["category"], recat.payload["overridden"], recat.actor) == (
+        "Network",
+        True,
+        "user:test-manager",
+    )
     over = (await wait_for(settings, incident_id, "IncidentReprioritized"))[0]
     assert (over.payload["priority"], over.payload["previous_priority"], over.payload["overridden"]) == (
         "P4",
@@ -267,10 +280,10 @@ async def test_override_wins_over_automation_until_cleared(
 
     body = await eventually(automation_saw_it, what="correlated alert applied")
     assert (body["priority"], body["category"]) == ("P4", "Network")
-    assert "set by admin" in body["explanation"]["priority"]
+    assert "set by user:test-manager" in body["explanation"]["priority"]
 
     # Clearing the priority override lets automation decide: P4 -> P2, announced with the reason.
-    cleared = await client.delete(url, params={"field": "priority", "reason": "probe fixed"}, headers=ADMIN)
+    cleared = await client.delete(url, params={"field": "priority", "reason": "probe fixed"}, headers=MANAGER)
     assert cleared.status_code == 200, cleared.text
     back = (await wait_for(settings, incident_id, "IncidentReprioritized", count=2))[1]
     assert (back.payload["priority"], back.payload["previous_priority"], back.payload["overridden"]) == (
@@ -278,7 +291,7 @@ async def test_override_wins_over_automation_until_cleared(
         "P4",
         False,
     )
-    assert "override of priority cleared by admin" in back.payload["reason"]
+    assert "override of priority cleared by user:test-manager" in back.payload["reason"]
     events = await incident_events(settings, incident_id)
     assert [e.event_type for e in events] == [
         "IncidentCategorized",
@@ -290,7 +303,7 @@ async def test_override_wins_over_automation_until_cleared(
     ]
     # The category override is still in force; clearing an override that is not there is a conflict.
     again = await client.delete(url, params={"field": "priority"}, headers=ADMIN)
-    assert again.status_code == 409
+    assert again.status_code == 409 and again.json()["errors"][0]["field"] == "query.field"
     body = (await client.get(f"/v1/incidents/{incident_id}/triage", headers=ANALYST)).json()
     assert (body["priority"], body["category"], sorted(body["overrides"])) == ("P2", "Network", ["category"])
 
@@ -306,6 +319,10 @@ async def test_configuration_changes_are_validated_versioned_and_announced(
     response = await client.put("/v1/rules", json={"rules": bad_regex}, headers=ADMIN)
     assert response.status_code == 422
     assert "rules[0] (id 'slow-db').when.title_regex" in response.json()["detail"]
+    assert response.json()["errors"][0]["field"] == "body.rules[0] (id 'slow-db').when.title_regex"
+    shape = await client.put("/v1/rules", json={"rules": [1]}, headers=ADMIN)
+    assert shape.status_code == 422 and shape.headers["content-type"] == "application/problem+json"
+    assert [e["field"] for e in shape.json()["errors"]] == ["body.rules.0"], shape.text
     response = await client.put("/v1/rules", json={"rules": []}, headers=ADMIN)
     assert response.status_code == 422 and "empty" in response.json()["detail"]
     response = await client.put("/v1/rules", json={"rules": [{"id": "x", "set": {"category": "Nope"}}]}, headers=ADMIN)
@@ -334,14 +351,14 @@ async def test_configuration_changes_are_validated_versioned_and_announced(
 
     history = (await client.get("/v1/rules/history", headers=ANALYST)).json()["versions"]
     assert [v["version"] for v in history] == [2, 1]
-    assert (history[0]["changed_by"], history[0]["comment"]) == ("admin", "storage team owns lag")
+    assert (history[0]["changed_by"], history[0]["comment"]) == ("user:test-admin", "storage team owns lag")
     assert [v["version"] for v in (await client.get("/v1/matrix/history", headers=ANALYST)).json()["versions"]] == [
         2,
         1,
     ]
 
     async def announced() -> list[Envelope]:
-        found = [e for e in await config_events(settings) if e.actor == "admin"]
+        found = [e for e in await config_events(settings) if e.actor == "user:test-admin"]
         return found if len(found) == 2 else []
 
     changes = await eventually(announced, what="config change events")
@@ -393,7 +410,7 @@ async def test_dry_run_reports_changes_and_emits_nothing(
     assert fence.status_code == 200
 
     async def fence_published() -> list[Envelope]:
-        return [e for e in await config_events(settings) if e.actor == "admin"]
+        return [e for e in await config_events(settings) if e.actor == "user:test-admin"]
 
     await eventually(fence_published, what="fence event")
     config = await config_events(settings)

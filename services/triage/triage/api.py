@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from opsledger.auth import require_role
+from opsledger.auth import Principal, require_roles
 from opsledger.events.common import ImpactLevel, Severity
-from opsledger.service import Runtime, runtime_of
+from opsledger.problems import FieldError, Problem, ProblemDetails
+from opsledger.service import runtime_of
 from triage import domain, store
 from triage.handlers import Triage, VersionConflict
+from triage.runtime import TriageRuntime
 
 router = APIRouter(prefix="/v1", tags=["triage"])
-read_access = require_role("analyst")
-admin_access = require_role("admin")
+read_access = require_roles("analyst", "responder", "manager", "admin")
+admin_access = require_roles("admin")
+dry_run_access = require_roles("admin", "analyst")
+override_access = require_roles("manager", "admin")
 
 
 class _Body(BaseModel):
@@ -91,15 +95,240 @@ class OverrideBody(_Body):
     reason: str = Field(min_length=1, max_length=2000)
 
 
-def _triage(runtime: Runtime) -> Triage:
-    triage: Triage | None = runtime.extras.get("triage")
-    if triage is None:  # the API answers before the boot sequence has wired the write side
-        raise HTTPException(503, "triage is starting; retry shortly", {"Retry-After": "2"})
-    return triage
+def _unprocessable(exc: domain.ConfigError) -> Problem:
+    # `where` names the field in the body: "rules[0] (id 'slow-db').when.title_regex", "matrix['1/1']".
+    return Problem(422, str(exc), [FieldError(f"body.{exc.where}", exc.message)])
 
 
-def _unprocessable(exc: domain.ConfigError) -> HTTPException:
-    return HTTPException(422, detail=str(exc))
+# --------------------------------------------------------------------------- answers
+
+
+class _Out(BaseModel):
+    """An answer as the routes below write it: a key the model lacks is an error, never dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Stored(BaseModel):
+    """JSON this service stored (facts, decisions, overrides): rows an older release wrote may
+    carry keys it has since dropped, and they are answered as stored."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+# ISO 8601 text, as `datetime.isoformat()` writes it.
+Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+Priority = Literal["P1", "P2", "P3", "P4", "P5"]
+MatrixCell = Annotated[str, Field(pattern=r"^[123]/[123]$", description="impact/urgency")]
+
+
+class CategoryTree(_Out):
+    categories: dict[str, list[str]] = Field(description="category -> its subcategories")
+    fallback: str = Field(description="the category of an incident no rule categorizes")
+
+
+class RuleSet(_Out):
+    rules: list[domain.RuleSpec] = Field(description="in order: for each field, the first rule that sets it wins")
+
+
+class PriorityMatrix(_Out):
+    matrix: dict[MatrixCell, Priority]
+
+
+class _Changed(_Out):
+    version: int
+    changed_by: str = Field(description="the actor, `user:<sub>`")
+    comment: str | None
+
+
+class _Version(_Changed):
+    changed_at: Timestamp
+
+
+class CategoriesChanged(_Changed, CategoryTree):
+    pass
+
+
+class RulesChanged(_Changed, RuleSet):
+    pass
+
+
+class MatrixChanged(_Changed, PriorityMatrix):
+    pass
+
+
+class CategoriesVersion(_Version, CategoryTree):
+    pass
+
+
+class RulesVersion(_Version, RuleSet):
+    pass
+
+
+class MatrixVersion(_Version, PriorityMatrix):
+    pass
+
+
+class CategoriesHistory(_Out):
+    kind: Literal["categories"]
+    versions: list[CategoriesVersion] = Field(description="newest first")
+
+
+class RulesHistory(_Out):
+    kind: Literal["rules"]
+    versions: list[RulesVersion] = Field(description="newest first")
+
+
+class MatrixHistory(_Out):
+    kind: Literal["matrix"]
+    versions: list[MatrixVersion] = Field(description="newest first")
+
+
+Compared = Literal[
+    "category",
+    "subcategory",
+    "affected_service",
+    "priority",
+    "impact",
+    "urgency",
+    "category_rule_id",
+    "priority_rule_id",
+]
+
+
+class DecisionSummary(_Out):
+    category: str
+    subcategory: str | None
+    affected_service: str | None
+    category_rule_id: str | None
+    matched_rules: list[str]
+    priority: str
+    impact: int
+    urgency: int
+    priority_rule_id: str | None
+
+
+class SampleOutcome(_Out):
+    current: DecisionSummary
+    candidate: DecisionSummary
+    changed: list[Compared]
+
+
+class IncidentChange(_Out):
+    incident_id: uuid.UUID
+    title: str
+    changed: list[Compared]
+    current: DecisionSummary
+    candidate: DecisionSummary
+    overridden: list[Literal["category", "priority"]] = Field(description="set by hand: kept by either rule set")
+
+
+class DryRunIncidents(_Out):
+    evaluated: int
+    would_change: int
+    changes: list[IncidentChange]
+
+
+class DryRunResult(_Out):
+    current_rule_set_version: int
+    sample: SampleOutcome | None
+    incidents: DryRunIncidents
+
+
+class CategoryOverrideOut(_Stored):
+    category: str
+    subcategory: str | None
+    reason: str
+    actor: str
+
+
+class PriorityOverrideOut(_Stored):
+    priority: str
+    reason: str
+    actor: str
+
+
+class OverridesOut(_Stored):
+    """Only the overrides in force are present."""
+
+    category: CategoryOverrideOut | None = None
+    priority: PriorityOverrideOut | None = None
+
+
+class CategorizationOut(_Stored):
+    category: str
+    subcategory: str | None
+    affected_service: str | None
+    rule_id: str | None = Field(description="None: no rule set the category, the fallback applies")
+    rule_set_version: int
+    matched_rules: list[str] = []
+    matched_on: str | None = None
+
+
+class PrioritizationOut(_Stored):
+    priority: str
+    impact: int
+    urgency: int
+    impact_reasons: list[str]
+    urgency_reasons: list[str]
+    matrix_version: int
+    impact_rule_id: str | None = None
+    urgency_rule_id: str | None = None
+    service_criticality: int | None = None
+
+
+class AutomaticDecision(_Stored):
+    categorization: CategorizationOut
+    prioritization: PrioritizationOut
+
+
+class FactsOut(_Stored):
+    """What triage decided on, as the incident's events told it."""
+
+    source: str
+    title: str
+    severity: Severity = Field(description="the highest seen so far")
+    initial_severity: Severity
+    description: str | None = None
+    service: str | None = None
+    environment: str | None = None
+    labels: dict[str, str] = {}
+    occurrence_count: int = 1
+    business_impact: ImpactLevel | None = None
+    urgency_hint: int | None = None
+
+
+class Explanation(_Out):
+    priority: str
+    category: str
+
+
+class IncidentTriage(_Out):
+    incident_id: uuid.UUID
+    title: str
+    category: str
+    subcategory: str | None
+    priority: str
+    major: bool
+    overrides: OverridesOut
+    explanation: Explanation
+    automatic: AutomaticDecision
+    facts: FactsOut
+    updated_at: Timestamp
+
+
+class OverrideResult(_Out):
+    incident_id: uuid.UUID
+    events: list[str] = Field(description="the types of the events the change emitted")
+
+
+# Who may not, and what every route may answer besides; the stored rules answer as stored (what a
+# rule leaves unset is absent), hence `response_model_exclude_unset` where rules are answered.
+AUTH = ProblemDetails.responses(401, 403)
+READ = ProblemDetails.responses(401, 403, 422)
+CONFIG_CHANGE = ProblemDetails.responses(401, 403, 409, 422)
+CURRENT_CONFIG = ProblemDetails.responses(401, 403, 503)
+INCIDENT = ProblemDetails.responses(401, 403, 404, 422)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -115,7 +344,7 @@ def _version_json(row: Any) -> dict[str, Any]:
     }
 
 
-async def _current(runtime: Runtime, kind: str) -> dict[str, Any]:
+async def _current(runtime: TriageRuntime, kind: str) -> dict[str, Any]:
     async with runtime.sessionmaker() as session:
         rows = await store.current_configs(session)
     if kind not in rows:
@@ -123,93 +352,119 @@ async def _current(runtime: Runtime, kind: str) -> dict[str, Any]:
     return _version_json(rows[kind])
 
 
-async def _history(runtime: Runtime, kind: str, limit: int) -> dict[str, Any]:
+async def _history(runtime: TriageRuntime, kind: str, limit: int) -> dict[str, Any]:
     async with runtime.sessionmaker() as session:
         rows = await store.config_history(session, kind, limit)
     return {"kind": kind, "versions": [_version_json(r) for r in rows]}
 
 
-async def _change(runtime: Runtime, kind: str, body_in: _ConfigBody, actor: str) -> dict[str, Any]:
+async def _change(
+    runtime: TriageRuntime, triage: Triage, kind: str, body_in: _ConfigBody, actor: str
+) -> dict[str, Any]:
     raw, comment = body_in.model_dump(), body_in.comment
     try:
         async with runtime.sessionmaker() as session, session.begin():
-            version, body = await _triage(runtime).change_config(
+            version, body = await triage.change_config(
                 session, kind, raw, actor, comment, expected_version=body_in.expected_version
             )
     except domain.ConfigError as exc:
         raise _unprocessable(exc) from exc
     except VersionConflict as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-    runtime.outbox.wake()
+        raise Problem(status.HTTP_409_CONFLICT, str(exc), [FieldError("body.expected_version", str(exc))]) from exc
     return {"version": version, **body, "changed_by": actor, "comment": comment}
 
 
-@router.get("/{kind}/defaults")
-async def get_defaults(kind: Literal["categories", "rules", "matrix"], _: str = Depends(read_access)) -> dict[str, Any]:
+@router.get(
+    "/{kind}/defaults",
+    response_model=CategoryTree | RuleSet | PriorityMatrix,
+    response_model_exclude_unset=True,
+    responses=READ,
+)
+async def get_defaults(
+    kind: Literal["categories", "rules", "matrix"], _: Principal = Depends(read_access)
+) -> dict[str, Any]:
     """This release's defaults, as the body of a PUT: what a new install starts with. An existing
     install keeps the configuration it has; to adopt newer defaults, PUT categories, then rules."""
     return domain.default_bodies()[kind]
 
 
-@router.get("/categories")
-async def get_categories(runtime: Runtime = Depends(runtime_of), _: str = Depends(read_access)) -> dict[str, Any]:
+@router.get("/categories", response_model=CategoriesVersion, responses=CURRENT_CONFIG)
+async def get_categories(
+    runtime: TriageRuntime = Depends(runtime_of), _: Principal = Depends(read_access)
+) -> dict[str, Any]:
     """The category tree in force."""
     return await _current(runtime, "categories")
 
 
-@router.put("/categories")
+@router.put("/categories", response_model=CategoriesChanged, responses=CONFIG_CHANGE)
 async def put_categories(
-    body: CategoriesBody, runtime: Runtime = Depends(runtime_of), actor: str = Depends(admin_access)
+    body: CategoriesBody,
+    runtime: TriageRuntime = Depends(runtime_of),
+    admin: Principal = Depends(admin_access),
 ) -> dict[str, Any]:
     """Replace the category tree (a new version; rules must still fit it)."""
-    return await _change(runtime, "categories", body, actor)
+    return await _change(runtime, runtime.triage, "categories", body, admin.actor)
 
 
-@router.get("/categories/history")
+@router.get("/categories/history", response_model=CategoriesHistory, responses=READ)
 async def categories_history(
-    limit: int = Query(100, ge=1, le=1000), runtime: Runtime = Depends(runtime_of), _: str = Depends(read_access)
+    limit: int = Query(100, ge=1, le=1000),
+    runtime: TriageRuntime = Depends(runtime_of),
+    _: Principal = Depends(read_access),
 ) -> dict[str, Any]:
     return await _history(runtime, "categories", limit)
 
 
-@router.get("/rules")
-async def get_rules(runtime: Runtime = Depends(runtime_of), _: str = Depends(read_access)) -> dict[str, Any]:
+@router.get("/rules", response_model=RulesVersion, response_model_exclude_unset=True, responses=CURRENT_CONFIG)
+async def get_rules(
+    runtime: TriageRuntime = Depends(runtime_of), _: Principal = Depends(read_access)
+) -> dict[str, Any]:
     """The ordered rule set in force."""
     return await _current(runtime, "rules")
 
 
-@router.put("/rules")
+@router.put("/rules", response_model=RulesChanged, response_model_exclude_unset=True, responses=CONFIG_CHANGE)
 async def put_rules(
-    body: RulesBody, runtime: Runtime = Depends(runtime_of), actor: str = Depends(admin_access)
+    body: RulesBody,
+    runtime: TriageRuntime = Depends(runtime_of),
+    admin: Principal = Depends(admin_access),
 ) -> dict[str, Any]:
     """Replace the whole ordered rule set (a new version)."""
-    return await _change(runtime, "rules", body, actor)
+    return await _change(runtime, runtime.triage, "rules", body, admin.actor)
 
 
-@router.get("/rules/history")
+@router.get("/rules/history", response_model=RulesHistory, response_model_exclude_unset=True, responses=READ)
 async def rules_history(
-    limit: int = Query(100, ge=1, le=1000), runtime: Runtime = Depends(runtime_of), _: str = Depends(read_access)
+    limit: int = Query(100, ge=1, le=1000),
+    runtime: TriageRuntime = Depends(runtime_of),
+    _: Principal = Depends(read_access),
 ) -> dict[str, Any]:
     return await _history(runtime, "rules", limit)
 
 
-@router.get("/matrix")
-async def get_matrix(runtime: Runtime = Depends(runtime_of), _: str = Depends(read_access)) -> dict[str, Any]:
+@router.get("/matrix", response_model=MatrixVersion, responses=CURRENT_CONFIG)
+async def get_matrix(
+    runtime: TriageRuntime = Depends(runtime_of), _: Principal = Depends(read_access)
+) -> dict[str, Any]:
     """The priority matrix in force: {"impact/urgency": "P1".."P5"}."""
     return await _current(runtime, "matrix")
 
 
-@router.put("/matrix")
+@router.put("/matrix", response_model=MatrixChanged, responses=CONFIG_CHANGE)
 async def put_matrix(
-    body: MatrixBody, runtime: Runtime = Depends(runtime_of), actor: str = Depends(admin_access)
+    body: MatrixBody,
+    runtime: TriageRuntime = Depends(runtime_of),
+    admin: Principal = Depends(admin_access),
 ) -> dict[str, Any]:
     """Replace the priority matrix (a new version)."""
-    return await _change(runtime, "matrix", body, actor)
+    return await _change(runtime, runtime.triage, "matrix", body, admin.actor)
 
 
-@router.get("/matrix/history")
+@router.get("/matrix/history", response_model=MatrixHistory, responses=READ)
 async def matrix_history(
-    limit: int = Query(100, ge=1, le=1000), runtime: Runtime = Depends(runtime_of), _: str = Depends(read_access)
+    limit: int = Query(100, ge=1, le=1000),
+    runtime: TriageRuntime = Depends(runtime_of),
+    _: Principal = Depends(read_access),
 ) -> dict[str, Any]:
     return await _history(runtime, "matrix", limit)
 
@@ -239,13 +494,15 @@ def _differences(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     return [k for k in (*_COMPARED, "category_rule_id", "priority_rule_id") if before[k] != after[k]]
 
 
-@router.post("/rules/dry-run")
+@router.post("/rules/dry-run", response_model=DryRunResult, responses=ProblemDetails.responses(401, 403, 422))
 async def dry_run(
-    body: DryRunBody, runtime: Runtime = Depends(runtime_of), _: str = Depends(read_access)
+    body: DryRunBody,
+    runtime: TriageRuntime = Depends(runtime_of),
+    _: Principal = Depends(dry_run_access),
 ) -> dict[str, Any]:
     """Evaluate a candidate rule set against a sample alert and the incidents this service has
     seen, and report what would change. Nothing is stored or emitted."""
-    triage = _triage(runtime)
+    triage = runtime.triage
     limit = min(body.limit or triage.settings.dry_run_max_incidents, triage.settings.dry_run_max_incidents)
     async with runtime.sessionmaker() as session:
         current = await triage.policy(session)
@@ -286,9 +543,14 @@ async def dry_run(
 # --------------------------------------------------------------------------- incidents
 
 
-@router.get("/incidents/{incident_id}/triage")
+@router.get(
+    "/incidents/{incident_id}/triage",
+    response_model=IncidentTriage,
+    response_model_exclude_unset=True,
+    responses=INCIDENT,
+)
 async def incident_triage(
-    incident_id: uuid.UUID, runtime: Runtime = Depends(runtime_of), _: str = Depends(read_access)
+    incident_id: uuid.UUID, runtime: TriageRuntime = Depends(runtime_of), _: Principal = Depends(read_access)
 ) -> dict[str, Any]:
     """The incident's triage decision in force, with the automatic decision and its explanation."""
     async with runtime.sessionmaker() as session:
@@ -331,53 +593,62 @@ async def incident_triage(
     }
 
 
-@router.post("/incidents/{incident_id}/override")
+@router.post("/incidents/{incident_id}/override", response_model=OverrideResult, responses=INCIDENT)
 async def override(
     incident_id: uuid.UUID,
     body: OverrideBody,
-    runtime: Runtime = Depends(runtime_of),
-    actor: str = Depends(admin_access),
+    runtime: TriageRuntime = Depends(runtime_of),
+    manager: Principal = Depends(override_access),
 ) -> dict[str, Any]:
     """Set category and/or priority by hand; wins over automation until cleared."""
     if body.category is None and body.priority is None:
-        raise HTTPException(422, "give 'category' and/or 'priority' to override")
+        raise Problem(
+            422,
+            "give 'category' and/or 'priority' to override",
+            [FieldError("body.category", "give 'category' and/or 'priority'")],
+        )
     if body.subcategory is not None and body.category is None:
-        raise HTTPException(422, "field 'subcategory': needs 'category' too")
+        raise Problem(
+            422, "field 'subcategory': needs 'category' too", [FieldError("body.subcategory", "needs 'category' too")]
+        )
     try:
         async with runtime.sessionmaker() as session, session.begin():
-            events = await _triage(runtime).override(
+            events = await runtime.triage.override(
                 session,
                 incident_id,
                 category=body.category,
                 subcategory=body.subcategory,
                 priority=body.priority,
                 reason=body.reason,
-                actor=actor,
+                actor=manager.actor,
             )
     except domain.ConfigError as exc:
         raise _unprocessable(exc) from exc
     if events is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"incident {incident_id} has not been triaged")
-    runtime.outbox.wake()
     return {"incident_id": str(incident_id), "events": [e.event_type for e in events]}
 
 
-@router.delete("/incidents/{incident_id}/override")
+@router.delete(
+    "/incidents/{incident_id}/override",
+    response_model=OverrideResult,
+    responses=ProblemDetails.responses(401, 403, 404, 409, 422),
+)
 async def clear_override(
     incident_id: uuid.UUID,
     field: Literal["category", "priority", "all"] = Query("all"),
     reason: str | None = Query(None, max_length=2000),
-    runtime: Runtime = Depends(runtime_of),
-    actor: str = Depends(admin_access),
+    runtime: TriageRuntime = Depends(runtime_of),
+    manager: Principal = Depends(override_access),
 ) -> dict[str, Any]:
     """Clear an override (category, priority or all); automation decides again."""
     fields: set[str] = {"category", "priority"} if field == "all" else {field}
     try:
         async with runtime.sessionmaker() as session, session.begin():
-            events = await _triage(runtime).clear_override(session, incident_id, fields, reason, actor)
+            events = await runtime.triage.clear_override(session, incident_id, fields, reason, manager.actor)
     except LookupError as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+        message = str(exc.args[0]) if exc.args else str(exc)
+        raise Problem(status.HTTP_409_CONFLICT, message, [FieldError("query.field", message)]) from exc
     if events is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"incident {incident_id} has not been triaged")
-    runtime.outbox.wake()
     return {"incident_id": str(incident_id), "events": [e.event_type for e in events]}

@@ -7,37 +7,24 @@ from fastapi import FastAPI
 
 from opsledger.bus.consumer import ConsumerSpec
 from opsledger.clock import Clock
-from opsledger.events import Stream
-from opsledger.service import Runtime, create_app
+from opsledger.service import create_app
 from triage.api import router
-from triage.handlers import CONSUMED, Triage
+from triage.runtime import TriageRuntime
 from triage.settings import Settings
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"  # shipped inside the package
 
 
 def build(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
     settings = settings or Settings()
 
-    def consumers(runtime: Runtime) -> Sequence[ConsumerSpec]:
-        triage = Triage(settings, runtime.outbox, runtime.clock)
-        runtime.extras["triage"] = triage
-        return [
-            ConsumerSpec(
-                name="incidents",
-                topics=[settings.topic(Stream.INCIDENTS)],
-                handler=triage.on_event,
-                event_types=CONSUMED,
-            )
-        ]
+    def consumers(runtime: TriageRuntime) -> Sequence[ConsumerSpec]:
+        return [runtime.triage.consumer()]
 
-    async def on_ready(runtime: Runtime) -> None:
+    async def on_ready(runtime: TriageRuntime) -> None:
         # The defaults become version 1 (and are announced) the first time the service starts.
-        triage: Triage = runtime.extras["triage"]
-        async with runtime.sessionmaker() as session, session.begin():
-            seeded = await triage.seed_defaults(session)
-        if seeded:
-            runtime.outbox.wake()
+        async with runtime.unit_of_work() as uow:
+            await runtime.triage.seed_defaults(uow)
 
     return create_app(
         settings,
@@ -47,4 +34,5 @@ def build(settings: Settings | None = None, clock: Clock | None = None) -> FastA
         consumers=consumers,
         on_ready=on_ready,
         clock=clock,
+        runtime_type=TriageRuntime,
     )

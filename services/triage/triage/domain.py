@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from functools import cached_property
 from typing import Any, Protocol
 
@@ -746,6 +747,23 @@ def effective(decision: Decision, overrides: Overrides) -> Effective:
         category_overridden=c is not None,
         priority_overridden=p is not None,
     )
+
+
+@dataclass(frozen=True)
+class TriageState:
+    """What triage knows of one incident (a row of triage_incidents): the facts it decided on, the
+    automatic decision, the overrides in force, and the effective category and priority it last
+    announced. `correlation_id` is the one of the alert or report that opened the incident."""
+
+    facts: Facts
+    decision: Decision
+    overrides: Overrides
+    category: str
+    subcategory: str | None
+    priority: str
+    logged_at: datetime
+    title: str
+    correlation_id: str | None
 
 
 def check_priority(value: str) -> str:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict
+from collections.abc import Collection, Mapping
+from dataclasses import asdict, fields
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +33,7 @@ incidents = sa.Table(
     sa.Column("priority", sa.Text, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
+sa.Index("triage_incidents_logged_at", incidents.c.logged_at)  # dry runs read the latest incidents
 
 # Every version of every configuration (kind: categories | rules | matrix); the highest
 # version of a kind is in force. Rows are never updated: this is the history.
@@ -86,6 +88,24 @@ def policy_from(
     if "matrix" in rows:
         matrix = domain.build_matrix(rows["matrix"].version, rows["matrix"].body["matrix"])
     return domain.Policy(tree=tree, rules=rules, matrix=matrix, criticality=criticality, count_thresholds=thresholds)
+
+
+async def versions_in_force(session: AsyncSession) -> dict[str, int]:
+    """The version in force of each configuration kind: one index-only query, cheap enough to run
+    once per unit of work so a cached policy is never stale."""
+    rows = await session.execute(
+        sa.select(config_versions.c.kind, sa.func.max(config_versions.c.version)).group_by(config_versions.c.kind)
+    )
+    return {kind: version for kind, version in rows.all()}
+
+
+async def configs_at(session: AsyncSession, versions: dict[str, int]) -> dict[str, sa.Row[Any]]:
+    """The stored rows of exactly these versions (kind -> version)."""
+    if not versions:
+        return {}
+    wanted = sa.tuple_(config_versions.c.kind, config_versions.c.version).in_(list(versions.items()))
+    rows = (await session.execute(sa.select(config_versions).where(wanted))).all()
+    return {r.kind: r for r in rows}
 
 
 async def lock_config(session: AsyncSession) -> None:
@@ -149,10 +169,78 @@ def overrides_from(raw: dict[str, Any] | None) -> domain.Overrides:
     )
 
 
-async def insert_incident(session: AsyncSession, values: dict[str, Any]) -> bool:
-    result = await session.execute(pg.insert(incidents).values(**values).on_conflict_do_nothing())
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+def decision_from(raw: Mapping[str, Any]) -> domain.Decision:
+    """The decision as `decision_json` stored it (keys a newer release dropped are ignored)."""
+    c, p = raw["categorization"], raw["prioritization"]
+    c = {k: v for k, v in c.items() if k in _CATEGORIZATION_FIELDS}
+    p = {k: v for k, v in p.items() if k in _PRIORITIZATION_FIELDS}
+    return domain.Decision(
+        categorization=domain.Categorization(**{**c, "matched_rules": tuple(c.get("matched_rules") or ())}),
+        prioritization=domain.Prioritization(
+            **{**p, "impact_reasons": tuple(p["impact_reasons"]), "urgency_reasons": tuple(p["urgency_reasons"])}
+        ),
+    )
 
 
-async def update_incident(session: AsyncSession, incident_id: uuid.UUID, values: dict[str, Any]) -> None:
-    await session.execute(sa.update(incidents).where(incidents.c.incident_id == incident_id).values(**values))
+_CATEGORIZATION_FIELDS = frozenset(f.name for f in fields(domain.Categorization))
+_PRIORITIZATION_FIELDS = frozenset(f.name for f in fields(domain.Prioritization))
+
+
+def _state_from(row: sa.Row[Any]) -> domain.TriageState:
+    return domain.TriageState(
+        facts=domain.Facts.from_json(row.facts),
+        decision=decision_from(row.decision),
+        overrides=overrides_from(row.overrides),
+        category=row.category,
+        subcategory=row.subcategory,
+        priority=row.priority,
+        logged_at=row.logged_at,
+        title=row.title,
+        correlation_id=row.correlation_id,
+    )
+
+
+async def load_states(session: AsyncSession, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, domain.TriageState]:
+    """The states of these incidents (those triaged), in one query. The rows are locked in id order,
+    so a command and a batch on the same incident are serialised and two batches cannot deadlock."""
+    if not ids:
+        return {}
+    query = (
+        sa.select(incidents)
+        .where(incidents.c.incident_id.in_(sorted(ids)))
+        .order_by(incidents.c.incident_id)
+        .with_for_update()
+    )
+    return {row.incident_id: _state_from(row) for row in await session.execute(query)}
+
+
+# Rows per INSERT statement: far below PostgreSQL's 32,767 bind parameters (11 per row).
+SAVE_CHUNK = 2000
+_MUTABLE = ("facts", "decision", "overrides", "category", "subcategory", "priority", "updated_at")
+
+
+async def save_states(session: AsyncSession, changed: Mapping[uuid.UUID, domain.TriageState], at: datetime) -> None:
+    """Write these states: one multi-row INSERT ... ON CONFLICT DO UPDATE (per SAVE_CHUNK rows)."""
+    rows = [
+        {
+            "incident_id": incident_id,
+            "logged_at": s.logged_at,
+            "title": s.title,
+            "correlation_id": s.correlation_id,
+            "facts": s.facts.as_json(),
+            "decision": decision_json(s.decision),
+            "overrides": overrides_json(s.overrides),
+            "category": s.category,
+            "subcategory": s.subcategory,
+            "priority": s.priority,
+            "updated_at": at,
+        }
+        for incident_id, s in sorted(changed.items())
+    ]
+    for start in range(0, len(rows), SAVE_CHUNK):
+        insert = pg.insert(incidents).values(rows[start : start + SAVE_CHUNK])
+        await session.execute(
+            insert.on_conflict_do_update(
+                index_elements=[incidents.c.incident_id], set_={c: insert.excluded[c] for c in _MUTABLE}
+            )
+        )

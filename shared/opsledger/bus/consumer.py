@@ -5,6 +5,7 @@ with their error and the consumer carries on."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -15,7 +16,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from opsledger import metrics
+from opsledger import metrics, retry
 from opsledger.bus import inbox
 from opsledger.bus.deadletter import DeadLetter, send_dead_letters
 from opsledger.bus.outbox import Outbox
@@ -169,25 +170,27 @@ class EventConsumer:
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until `stop` is set; the batch in hand is finished and committed first."""
         assert self.consumer is not None, "start() first"
-        backoff = 0.2
         while not stop.is_set():
             batches = await self.consumer.getmany(timeout_ms=200, max_records=self.settings.consumer_batch_size)
             records = [r for tp in sorted(batches, key=lambda t: (t.topic, t.partition)) for r in batches[tp]]
             if not records:
                 continue
-            try:
-                await self.process(records)
-                backoff = 0.2
-            except Exception:
-                # The database (or broker) failed under us: nothing was committed, so rewind to the
-                # batch's first offsets and try again after a bounded wait.
-                log.exception("consumer %s: batch failed; retrying in %.1fs", self.spec.name, backoff)
-                for tp, recs in batches.items():
-                    self.consumer.seek(tp, recs[0].offset)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
+            # The database (or broker) failing under us commits nothing: the same batch is tried
+            # again after a wait, less the partitions a rebalance took away meanwhile.
+            await retry.forever(
+                functools.partial(self._process_assigned, records),
+                what=f"consumer {self.spec.name}: batch",
+                initial=0.2,
+                maximum=10.0,
+            )
             self._report_lag(batches)
+
+    async def _process_assigned(self, records: list[ConsumerRecord]) -> None:
+        assert self.consumer is not None
+        assigned = self.consumer.assignment()
+        still = [r for r in records if TopicPartition(r.topic, r.partition) in assigned]
+        if still:
+            await self.process(still)
 
     async def process(self, records: Sequence[ConsumerRecord]) -> BatchResult:
         """Apply one batch: DB transaction (state + inbox + outbox), DLQ, then offset commit."""
@@ -203,8 +206,6 @@ class EventConsumer:
             # poison event costs only itself.
             result = BatchResult(deadlettered=result.deadlettered)
             await self._apply(decoded, result, last, careful=True)
-        if self.outbox is not None:
-            self.outbox.wake()
         offsets = {TopicPartition(topic, partition): offset + 1 for (topic, partition), offset in last.items()}
         assert self.consumer is not None
         await self.consumer.commit(offsets)
@@ -287,26 +288,19 @@ class EventConsumer:
 
     async def _apply_with_retries(self, session: AsyncSession, item: Delivery) -> str | None:
         """Apply one event in a savepoint, retrying with bounded backoff; the last error or None."""
-        delay, error = 0.05, ""
-        for attempt in range(1, self.settings.handler_max_attempts + 1):
-            try:
-                async with session.begin_nested():
-                    await self.spec.apply(session, [item])
-                return None
-            except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                log.warning(
-                    "consumer %s: %s %s failed (attempt %d): %s",
-                    self.spec.name,
-                    item.envelope.event_type,
-                    item.envelope.event_id,
-                    attempt,
-                    error,
-                )
-                if attempt < self.settings.handler_max_attempts:
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 4, 2.0)
-        return error
+
+        async def apply_once() -> None:
+            async with session.begin_nested():
+                await self.spec.apply(session, [item])
+
+        what = f"consumer {self.spec.name}: {item.envelope.event_type} {item.envelope.event_id}"
+        try:
+            await retry.attempts(
+                apply_once, what=what, count=self.settings.handler_max_attempts, initial=0.05, maximum=2.0
+            )
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
 
     def _report_lag(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         assert self.consumer is not None

@@ -1,14 +1,18 @@
 """Transactional outbox: events are written in the same DB transaction as the state they explain,
 and a relay publishes them to Kafka in insertion order. A crash repeats a publish (the consumer's
 inbox absorbs the duplicate) but never loses one. An event too large for its stream goes to the
-dead-letter topic instead of holding back every event behind it."""
+dead-letter topic instead of holding back every event behind it.
+
+One relay per database publishes at a time, so a second replica cannot interleave (and so
+reorder) one incident's events: the relay holds the `outbox-relay` lease (opsledger.lease). It
+reads a batch in a short transaction, publishes with no transaction or lock open while it waits
+for Kafka's acknowledgement, then marks the batch sent in a second short transaction."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,20 +21,21 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from opsledger import metrics
+from opsledger import metrics, retry
 from opsledger.bus.deadletter import DeadLetter, send_dead_letters
 from opsledger.bus.producer import Message, send_all
 from opsledger.bus.topics import MAX_EVENT_BYTES
-from opsledger.db import outbox_table
+from opsledger.db import after_commit, inbox_table, outbox_table
 from opsledger.events.envelope import Envelope
 from opsledger.events.registry import registry
+from opsledger.lease import Lease
 from opsledger.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
-# One relay per database publishes at a time, so a second replica cannot interleave (and so
-# reorder) one incident's events. Transaction-scoped: released on commit, rollback or crash.
-RELAY_LOCK_ID = zlib.crc32(b"opsledger.outbox.relay")
+RELAY_LEASE = "outbox-relay"
+# Inbox rows are deleted in slices of this many, so a purge never holds a long transaction.
+INBOX_PURGE_SLICE = 10_000
 
 
 class EventTooLarge(ValueError):
@@ -58,9 +63,10 @@ class Outbox:
                 raise EventTooLarge(f"{e.event_type} {e.event_id}: {len(value)} bytes, over {MAX_EVENT_BYTES}")
             rows.append({"event_id": e.event_id, "topic": self.topic_for(e), "key": e.key, "value": value})
         await session.execute(pg_insert(outbox_table).on_conflict_do_nothing(index_elements=["event_id"]), rows)
+        after_commit(session, self.wake)
 
     def wake(self) -> None:
-        """Tell the relay in this process there is something new (call after commit)."""
+        """Tell the relay in this process there is something new (`add` does, on commit)."""
         self._wake.set()
 
     async def wait(self, timeout: float) -> None:
@@ -81,26 +87,29 @@ class OutboxRelay:
         self.sessionmaker = sessionmaker
         self.producer = producer
         self.outbox = outbox
+        self.lease = Lease(RELAY_LEASE, settings.relay_lease_seconds)
         self._purge_countdown = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        backoff = 0.1
-        while not stop.is_set():
-            try:
-                sent = await self.publish_batch()
-                backoff = 0.1
-            except Exception:
-                log.exception("outbox relay: publish failed; retrying in %.1fs", backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            if sent < self.settings.relay_batch_size:
-                await self.outbox.wait(self.settings.relay_poll_seconds)
+        try:
+            while not stop.is_set():
+                sent = await retry.forever(self.publish_batch, what="outbox relay: publish", initial=0.1, maximum=5.0)
+                if sent < self.settings.relay_batch_size:
+                    await self.outbox.wait(self.settings.relay_poll_seconds)
+        finally:
+            await self.release()
+
+    async def release(self) -> None:
+        """Give up the lease (on a clean stop), so another replica need not wait for it to expire."""
+        with contextlib.suppress(Exception):
+            async with self.sessionmaker() as session, session.begin():
+                await self.lease.release(session)
 
     async def publish_batch(self) -> int:
-        """Publish the oldest unsent rows and mark them sent; returns how many."""
+        """Publish the oldest unsent rows and mark them sent; returns how many (0 also while
+        another replica holds the lease)."""
         async with self.sessionmaker() as session, session.begin():
-            if not await session.scalar(sa.select(sa.func.pg_try_advisory_xact_lock(RELAY_LOCK_ID))):
+            if not await self.lease.acquire(session):
                 return 0
             rows = (
                 await session.execute(
@@ -110,15 +119,17 @@ class OutboxRelay:
                     .limit(self.settings.relay_batch_size)
                 )
             ).all()
-            backlog_left = len(rows) == self.settings.relay_batch_size
+        # No transaction and no lock is held while Kafka acknowledges.
+        if rows:
+            await self._publish(rows)
+            metrics.EVENTS_PRODUCED.labels(self.settings.service_name).inc(len(rows))
+        async with self.sessionmaker() as session, session.begin():
             if rows:
-                await self._publish(rows)
-                metrics.EVENTS_PRODUCED.labels(self.settings.service_name).inc(len(rows))
                 await self._mark_sent(session, [r.id for r in rows])
             await self._maybe_purge(session)
-            if not backlog_left:
-                metrics.OUTBOX_BACKLOG.labels(self.settings.service_name).set(0)
-            return len(rows)
+        if len(rows) < self.settings.relay_batch_size:
+            metrics.OUTBOX_BACKLOG.labels(self.settings.service_name).set(0)
+        return len(rows)
 
     async def _publish(self, rows: Sequence[Any]) -> None:
         """Publish `rows` (each on its topic, or on the dead-letter topic if too large for it);
@@ -141,13 +152,21 @@ class OutboxRelay:
         await session.execute(sa.update(outbox_table).where(outbox_table.c.id.in_(ids)).values(sent_at=sa.func.now()))
 
     async def _maybe_purge(self, session: AsyncSession) -> None:
-        # Sent rows are kept a day for inspection; purge now and then, not on every pass.
+        # Sent rows are kept a day for inspection, inbox rows (redelivery detection) for
+        # `inbox_retention_days`; purged now and then, not on every pass, a slice at a time.
         self._purge_countdown -= 1
         if self._purge_countdown > 0:
             return
         self._purge_countdown = 500
         await session.execute(
             sa.delete(outbox_table).where(outbox_table.c.sent_at < sa.func.now() - sa.text("interval '1 day'"))
+        )
+        old = sa.func.now() - sa.func.make_interval(0, 0, 0, self.settings.inbox_retention_days)
+        oldest = sa.select(inbox_table.c.consumer, inbox_table.c.event_id).where(inbox_table.c.processed_at < old)
+        await session.execute(
+            sa.delete(inbox_table).where(
+                sa.tuple_(inbox_table.c.consumer, inbox_table.c.event_id).in_(oldest.limit(INBOX_PURGE_SLICE))
+            )
         )
         backlog = await session.scalar(
             sa.select(sa.func.count()).select_from(outbox_table).where(outbox_table.c.sent_at.is_(None))

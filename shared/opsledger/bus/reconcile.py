@@ -20,10 +20,11 @@ from collections.abc import Sequence
 import orjson
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from opsledger.bus.outbox import RELAY_LOCK_ID
+from opsledger.bus.outbox import RELAY_LEASE
 from opsledger.db import outbox_table
+from opsledger.lease import Lease
 from opsledger.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -35,33 +36,51 @@ MAX_SCANNED_PER_PARTITION = 50_000
 async def reconcile_outbox(settings: ServiceSettings) -> int:
     """Mark unsent outbox rows that are already on the log as sent; returns how many."""
     engine = create_async_engine(settings.database_url, poolclass=sa.pool.NullPool)
+    lease = Lease(RELAY_LEASE, settings.relay_lease_seconds)
+    # The lease may still name this service's previous process, killed (the case this is for):
+    # wait for it to expire. One that stays held belongs to another replica's live relay, which
+    # is publishing these rows itself: nothing to do then.
+    deadline = asyncio.get_running_loop().time() + settings.relay_lease_seconds + 1
     try:
-        async with engine.begin() as conn:
-            exists = await conn.scalar(sa.select(sa.func.to_regclass("outbox")))
-            if exists is None:
-                return 0  # first start: not migrated yet, nothing was ever published
-            await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(RELAY_LOCK_ID)))
-            rows = (
-                await conn.execute(
-                    sa.select(outbox_table.c.event_id, outbox_table.c.topic)
-                    .where(outbox_table.c.sent_at.is_(None))
-                    .order_by(outbox_table.c.id)
-                    .limit(settings.relay_batch_size)
-                )
-            ).all()
-            if not rows:
+        while True:
+            async with engine.begin() as conn:
+                exists = await conn.scalar(sa.select(sa.func.to_regclass("outbox")))
+                if exists is None:
+                    return 0  # first start: not migrated yet, nothing was ever published
+                # Held by this transaction while scanning, and given up at its end for the relay.
+                if await lease.acquire(conn):
+                    return await _reconcile(conn, settings, lease)
+            if asyncio.get_running_loop().time() > deadline:
+                log.info("outbox reconciliation skipped: another replica's relay holds the lease")
                 return 0
-            found = await _on_the_log(settings, {str(r.event_id) for r in rows}, sorted({r.topic for r in rows}))
-            if found:
-                await conn.execute(
-                    sa.update(outbox_table)
-                    .where(outbox_table.c.event_id.in_([uuid.UUID(e) for e in found]))
-                    .values(sent_at=sa.func.now())
-                )
-                log.info("outbox reconciliation: %d event(s) were already on the log; marked sent", len(found))
-            return len(found)
+            await asyncio.sleep(0.2)
     finally:
         await engine.dispose()
+
+
+async def _reconcile(conn: AsyncConnection, settings: ServiceSettings, lease: Lease) -> int:
+    try:
+        rows = (
+            await conn.execute(
+                sa.select(outbox_table.c.event_id, outbox_table.c.topic)
+                .where(outbox_table.c.sent_at.is_(None))
+                .order_by(outbox_table.c.id)
+                .limit(settings.relay_batch_size)
+            )
+        ).all()
+        if not rows:
+            return 0
+        found = await _on_the_log(settings, {str(r.event_id) for r in rows}, sorted({r.topic for r in rows}))
+        if found:
+            await conn.execute(
+                sa.update(outbox_table)
+                .where(outbox_table.c.event_id.in_([uuid.UUID(e) for e in found]))
+                .values(sent_at=sa.func.now())
+            )
+            log.info("outbox reconciliation: %d event(s) were already on the log; marked sent", len(found))
+        return len(found)
+    finally:
+        await lease.release(conn)
 
 
 async def _on_the_log(settings: ServiceSettings, candidates: set[str], topics: Sequence[str]) -> set[str]:

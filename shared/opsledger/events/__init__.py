@@ -1,6 +1,6 @@
 """Event envelope, registry and every service's event schemas (importing this loads them all)."""
 
-from opsledger.events import intake, triage  # noqa: F401  (registers the schemas)
+from opsledger.events import assignment, intake, resolution, sla, triage  # noqa: F401  (registers the schemas)
 from opsledger.events.envelope import Envelope, derived_event_id, utcnow
 from opsledger.events.registry import (
     EventPayload,

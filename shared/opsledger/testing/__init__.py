@@ -7,5 +7,6 @@ from opsledger.testing.helpers import (
     read_topic,
     running_app,
 )
+from opsledger.testing.tokens import TestTokens, session_tokens
 
-__all__ = ["ServiceProcess", "TestInfra", "eventually", "read_topic", "running_app"]
+__all__ = ["ServiceProcess", "TestInfra", "TestTokens", "eventually", "read_topic", "running_app", "session_tokens"]

@@ -8,11 +8,18 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from opsledger.testing.helpers import TestInfra
+from opsledger.testing.tokens import TestTokens, session_tokens
 
 
 @pytest.fixture(scope="session")
 def infra() -> TestInfra:
     return TestInfra.from_env()
+
+
+@pytest.fixture(scope="session")
+def tokens() -> TestTokens:
+    """Mint bearer tokens services trust: `Settings(**tokens.settings())`, `tokens.headers(sub, *roles)`."""
+    return session_tokens()
 
 
 @pytest.fixture

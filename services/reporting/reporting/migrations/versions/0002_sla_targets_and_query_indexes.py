@@ -1,9 +1,9 @@
 """SLA targets and the source's acknowledgement on incidents; indexes for the list's sorts and
 selective filters; a GiST range index for `as_of`.
 
-Revision 0001 creates the tables from the current definitions in `reporting.store`, so on a fresh
-database it already made all of this: every statement here is idempotent (IF [NOT] EXISTS) and
-only changes a database created before this revision.
+Revision 0001 (frozen since as the explicit DDL of the tables as they stood then) already creates
+all of this on a fresh database: every statement here is idempotent (IF [NOT] EXISTS) and only
+changes a database created by an earlier 0001.
 
 Revision ID: 0002
 Revises: 0001

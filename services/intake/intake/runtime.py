@@ -1,0 +1,32 @@
+"""Intake's runtime: the shared one, typed by intake's settings, plus what one intake process
+keeps for its lifetime (its admission gate and its cache of integration keys)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated
+
+from fastapi import Depends
+
+from intake.admission import Admission
+from intake.integration_keys import KeyCache
+from intake.settings import Settings
+from opsledger.service import Runtime, runtime_of
+
+
+class IntakeRuntime(Runtime[Settings]):
+    @functools.cached_property
+    def admission(self) -> Admission:
+        """The process's admission gate, sized from the settings."""
+        # Leave connections for the outbox relay, the consumer and /readyz (pool + overflow).
+        default = max(1, 2 * self.settings.db_pool_size - 4)
+        return Admission(
+            self.settings.max_in_flight or default, self.settings.max_waiting, self.settings.max_wait_seconds
+        )
+
+    @functools.cached_property
+    def key_cache(self) -> KeyCache:
+        return KeyCache(self.settings.integration_cache_seconds)
+
+
+IntakeRuntimeDep = Annotated[IntakeRuntime, Depends(runtime_of)]

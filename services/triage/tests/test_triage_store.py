@@ -1,0 +1,154 @@
+"""Triage's stage against the real PostgreSQL (no Kafka): a batch costs one query to load, one to
+read the versions in force and one statement to save, and the policy is compiled again only when a
+configuration version changed."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from opsledger import migrations
+from opsledger.bus.consumer import Delivery
+from opsledger.bus.outbox import Outbox
+from opsledger.clock import ManualClock
+from opsledger.db import make_engine, make_sessionmaker, outbox_table
+from opsledger.events import Envelope, new_event, registry
+from opsledger.events.intake import AlertCorrelated, IncidentLogged
+from opsledger.testing import TestInfra
+from opsledger.uow import unit_of_work
+from triage import store
+from triage.app import MIGRATIONS
+from triage.handlers import Triage
+from triage.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def engine(infra: TestInfra, make_database: Callable[..., Any]) -> AsyncIterator[AsyncEngine]:
+    url = await make_database()
+    await migrations.upgrade_async(MIGRATIONS, url)
+    e = make_engine(Settings(database_url=url))
+    yield e
+    await e.dispose()
+
+
+class Statements:
+    """The SQL statements an engine runs, by their first word."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.seen: list[str] = []
+        sa.event.listen(engine.sync_engine, "before_cursor_execute", self._record)
+
+    def _record(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        self.seen.append(statement.split(None, 1)[0].upper())
+
+    def take(self) -> list[str]:
+        seen, self.seen = self.seen, []
+        return seen
+
+
+def logged(incident_id: uuid.UUID, severity: str = "medium") -> Envelope:
+    payload = IncidentLogged.model_validate(
+        dict(
+            source="alertmanager",
+            occurred_at=T0,
+            received_at=T0,
+            title="Checkout error rate above 5%",
+            service="shop",
+            severity=severity,
+            dedup_key=f"dk-{incident_id}",
+        )
+    )
+    return new_event(
+        payload, producer="intake", actor="integration:am", incident_id=incident_id, correlation_id=f"a-{incident_id}"
+    )
+
+
+def correlated(incident_id: uuid.UUID, severity: str) -> Envelope:
+    payload = AlertCorrelated.model_validate(
+        dict(
+            source="alertmanager",
+            dedup_key=f"dk-{incident_id}",
+            occurrence_count=2,
+            first_seen=T0,
+            last_seen=T0,
+            severity=severity,
+        )
+    )
+    return new_event(payload, producer="intake", actor="integration:am", incident_id=incident_id)
+
+
+def delivery(envelope: Envelope) -> Delivery:
+    return Delivery(record=None, envelope=envelope, payload=registry.decode(envelope))  # type: ignore[arg-type]
+
+
+async def test_a_batch_loads_once_saves_once_and_reuses_the_compiled_policy(engine: AsyncEngine) -> None:
+    settings = Settings(database_url="unused", service_criticality={"payments": 1})
+    clock = ManualClock(T0)
+    outbox = Outbox(settings)
+    triage = Triage(settings, outbox, clock)
+    sessionmaker = make_sessionmaker(engine)
+    async with unit_of_work(sessionmaker, outbox, clock) as uow:
+        await triage.seed_defaults(uow)
+    statements = Statements(engine)
+
+    incidents = [uuid.uuid4() for _ in range(5)]
+    async with unit_of_work(sessionmaker, outbox, clock) as uow:
+        await triage.stage.handle(uow, [delivery(logged(i)) for i in incidents])
+    # Load, versions in force, configs at those versions (first build), one multi-row upsert,
+    # the outbox insert; the transaction's BEGIN and COMMIT are not cursor statements.
+    assert statements.take() == ["SELECT", "SELECT", "SELECT", "INSERT", "INSERT"]
+    assert triage.policies.builds == 1
+
+    async with unit_of_work(sessionmaker, outbox, clock) as uow:
+        await triage.stage.handle(uow, [delivery(correlated(i, "critical")) for i in incidents])
+    # The policy came from the cache: one query for the versions, none for the bodies.
+    assert statements.take() == ["SELECT", "SELECT", "INSERT", "INSERT"]
+    assert triage.policies.builds == 1
+
+    async with sessionmaker() as session:
+        states = await store.load_states(session, incidents)
+        sent = (await session.execute(sa.select(sa.func.count()).select_from(outbox_table))).scalar_one()
+    assert sorted(states) == sorted(incidents)
+    assert all(
+        (s.priority, s.facts.severity, s.facts.occurrence_count, s.correlation_id) == ("P2", "critical", 2, f"a-{i}")
+        for i, s in states.items()
+    )
+    assert sent == 3 + 5 * 2 + 5  # defaults, logged reactions, reprioritizations
+
+    # A new version of the matrix is compiled once, then cached again.
+    matrix = {f"{i}/{u}": "P1" for i in (1, 2, 3) for u in (1, 2, 3)}
+    async with sessionmaker() as session, session.begin():
+        await triage.change_config(session, "matrix", {"matrix": matrix}, "user:admin", None)
+    async with sessionmaker() as session:
+        assert (await triage.policy(session)).matrix.version == 2
+        assert (await triage.policy(session)).matrix.version == 2
+    assert triage.policies.builds == 2
+
+
+async def test_a_refused_configuration_change_leaves_the_cached_policy_in_force(engine: AsyncEngine) -> None:
+    settings = Settings(database_url="unused")
+    clock = ManualClock(T0)
+    triage = Triage(settings, Outbox(settings), clock)
+    sessionmaker = make_sessionmaker(engine)
+    async with unit_of_work(sessionmaker, triage.outbox, clock) as uow:
+        await triage.seed_defaults(uow)
+    async with sessionmaker() as session:
+        before = await triage.policy(session)
+    # Rolled back after the new version was written: the cache never saw it.
+    with pytest.raises(RuntimeError):
+        async with sessionmaker() as session, session.begin():
+            await triage.change_config(session, "rules", {"rules": [{"id": "r", "set": {"impact": 1}}]}, "u", None)
+            raise RuntimeError("rolled back")
+    async with sessionmaker() as session:
+        assert await triage.policy(session) is before
+        assert await store.versions_in_force(session) == {"categories": 1, "rules": 1, "matrix": 1}

@@ -1,0 +1,1 @@
+"""Revisions of the shared `backbone` branch, applied to every service database."""

@@ -1,0 +1,83 @@
+"""Unit of work: one database transaction in which a service changes its state, stages the events
+that explain the change, and schedules or cancels timers. The events go to the outbox just before
+commit, and whatever waits for new work (the relay, the timer runner) is woken once the commit has
+happened, never before: no caller places a wake-up by hand."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from opsledger import timers
+from opsledger.bus.outbox import Outbox
+from opsledger.clock import Clock
+from opsledger.events.envelope import Envelope
+
+
+@dataclass
+class UnitOfWork:
+    """What a handler or endpoint writes through. `now` is read once, so every event and timer of
+    the unit carries the same time."""
+
+    session: AsyncSession
+    outbox: Outbox
+    now: datetime
+    staged: list[Envelope] = field(default_factory=list)
+    # Timer changes staged by pure decisions: key -> the timer, or None to cancel; the last wins.
+    timer_changes: dict[str, timers.Timer | None] = field(default_factory=dict)
+
+    def emit(self, *envelopes: Envelope) -> None:
+        """Stage events; they enter the outbox in this transaction, in this order."""
+        self.staged.extend(envelopes)
+
+    def schedule_later(self, *items: timers.Timer) -> None:
+        """Stage timers to schedule when the unit flushes (one statement for the whole unit)."""
+        for item in items:
+            timers.kind_of(item.key)
+            self.timer_changes[item.key] = item
+
+    def cancel_later(self, *keys: str) -> None:
+        for key in keys:
+            self.timer_changes[key] = None
+
+    async def schedule(self, key: str, due_at: datetime, data: dict[str, Any] | None = None) -> None:
+        """Schedule a timer now (in this transaction)."""
+        await timers.schedule(self.session, key, due_at, data)
+
+    async def schedule_many(self, items: Sequence[timers.Timer]) -> None:
+        await timers.schedule_many(self.session, items)
+
+    async def cancel(self, *keys: str) -> None:
+        await timers.cancel(self.session, *keys)
+
+    async def flush(self) -> None:
+        """Write the staged timers and events now (done for you before commit)."""
+        changes, self.timer_changes = self.timer_changes, {}
+        await timers.cancel(self.session, *(key for key, t in changes.items() if t is None))
+        await timers.schedule_many(self.session, [t for t in changes.values() if t is not None])
+        staged, self.staged = self.staged, []
+        await self.outbox.add(self.session, staged)
+
+
+@contextlib.asynccontextmanager
+async def unit_of_work(
+    sessionmaker: async_sessionmaker[AsyncSession], outbox: Outbox, clock: Clock
+) -> AsyncIterator[UnitOfWork]:
+    """Open a transaction; commit it (staged events included) when the block ends without error."""
+    async with sessionmaker() as session, session.begin():
+        uow = UnitOfWork(session, outbox, clock.now())
+        yield uow
+        await uow.flush()
+
+
+@contextlib.asynccontextmanager
+async def joined(session: AsyncSession, outbox: Outbox, now: datetime) -> AsyncIterator[UnitOfWork]:
+    """A unit of work inside a transaction someone else commits (a consumer's batch)."""
+    uow = UnitOfWork(session, outbox, now)
+    yield uow
+    await uow.flush()

@@ -1,0 +1,220 @@
+"""The stage shape: a decider's pure reactions run over a whole batch with one load and one save,
+events staged with derived ids, timers staged by decisions, timers and commands run the same way."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Collection
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from opsledger import migrations, timers
+from opsledger.bus.consumer import Delivery
+from opsledger.bus.outbox import Outbox
+from opsledger.clock import ManualClock
+from opsledger.db import make_engine, make_sessionmaker, outbox_table
+from opsledger.events import Envelope, EventPayload, Stream, event, new_event, registry
+from opsledger.settings import ServiceSettings
+from opsledger.stage import Decider, Decision, Stage
+from opsledger.testing import TestInfra
+from opsledger.timers import FiredTimer, Timer
+from opsledger.uow import UnitOfWork, unit_of_work
+
+from .test_service_startup import MIGRATIONS
+
+T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+
+for name in ("StagePinged", "StageCounted", "StageNudged"):
+    if not registry.knows(name):
+
+        @event(name, 1, Stream.INCIDENTS)
+        class _Model(EventPayload):
+            n: int = 0
+
+
+Pinged, Counted, Nudged = (registry.model(n) for n in ("StagePinged", "StageCounted", "StageNudged"))
+
+
+@dataclass(frozen=True)
+class Tally:
+    count: int
+
+
+decider: Decider[Tally, int] = Decider()
+
+
+@decider.on(Pinged)
+def on_pinged(state: Tally | None, event: Envelope, payload: Any, limit: int) -> Decision[Tally]:
+    """Count pings; announce each count; at the limit, start a nudge timer (cancelled at 0)."""
+    new = Tally((state.count if state else 0) + payload.n)
+    key = f"nudge:{event.incident_id}"
+    if new.count >= limit:
+        return Decision(new, [Counted(n=new.count)], schedule=[Timer(key, T0, {"incident_id": str(event.incident_id)})])
+    return Decision(new, [Counted(n=new.count)], cancel=[key])
+
+
+@decider.on_timer("nudge")
+def on_nudge(state: Tally | None, timer: FiredTimer, limit: int) -> Decision[Tally]:
+    assert state is not None
+    return Decision(replace(state, count=0), [Nudged(n=state.count), Nudged(n=0)])
+
+
+def test_the_registry_lists_what_the_consumer_subscribes_to() -> None:
+    assert decider.event_types == {"StagePinged"}
+    assert decider.timer_kinds == {"nudge"}
+    unknown = new_event(Counted(n=1), producer="t", actor="t", incident_id=uuid.uuid4())
+    state = Tally(3)
+    assert decider.decide(state, unknown, None, 10) == Decision(state)
+    with pytest.raises(ValueError, match="already"):
+        decider.on(Pinged)(on_pinged)
+
+
+def test_decisions_are_pure_functions_of_state_and_event() -> None:
+    ping = new_event(Pinged(n=2), producer="t", actor="t", incident_id=uuid.uuid4())
+    first = decider.decide(None, ping, Pinged(n=2), 3)
+    assert first.state == Tally(2) and first.cancel and not first.schedule
+    second = decider.decide(first.state, ping, Pinged(n=2), 3)
+    assert second.state == Tally(4) and [t.key for t in second.schedule] == [f"nudge:{ping.incident_id}"]
+
+
+tallies = sa.Table(
+    "tallies",
+    sa.MetaData(),
+    sa.Column("incident_id", sa.Uuid, primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False),
+)
+
+
+@pytest.fixture
+async def engine(infra: TestInfra, make_database: Callable[..., Any]) -> AsyncIterator[AsyncEngine]:
+    url = await make_database()
+    await migrations.upgrade_async(MIGRATIONS, url)
+    e = make_engine(ServiceSettings(database_url=url))
+    async with e.begin() as conn:
+        await conn.run_sync(tallies.metadata.create_all)
+    yield e
+    await e.dispose()
+
+
+def make_stage(saves: list[int]) -> Stage[Tally, int]:
+    async def load(uow: UnitOfWork, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Tally]:
+        rows = await uow.session.execute(sa.select(tallies).where(tallies.c.incident_id.in_(ids)).with_for_update())
+        return {r.incident_id: Tally(r.count) for r in rows}
+
+    async def save(uow: UnitOfWork, changed: dict[uuid.UUID, Tally]) -> None:
+        saves.append(len(changed))
+        if changed:
+            stmt = pg_insert(tallies)
+            await uow.session.execute(
+                stmt.on_conflict_do_update(index_elements=["incident_id"], set_={"count": stmt.excluded.count}),
+                [{"incident_id": k, "count": v.count} for k, v in changed.items()],
+            )
+
+    async def limit(uow: UnitOfWork) -> int:
+        return 5
+
+    return Stage("stagetest", decider, load=load, save=save, context=limit)
+
+
+def delivery(envelope: Envelope) -> Delivery:
+    return Delivery(record=None, envelope=envelope, payload=registry.decode(envelope))  # type: ignore[arg-type]
+
+
+async def staged(engine: AsyncEngine) -> list[Envelope]:
+    async with engine.connect() as conn:
+        values = (await conn.execute(sa.select(outbox_table.c.value).order_by(outbox_table.c.id))).scalars()
+        return [Envelope.from_bytes(v) for v in values]
+
+
+@pytest.mark.integration
+async def test_a_batch_is_decided_in_memory_and_written_once(engine: AsyncEngine) -> None:
+    saves: list[int] = []
+    stage = make_stage(saves)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    pings = [new_event(Pinged(n=n), producer="t", actor="t", incident_id=i) for n, i in [(2, a), (3, b), (4, a)]]
+    sessionmaker, outbox, clock = make_sessionmaker(engine), Outbox(ServiceSettings()), ManualClock(T0)
+    async with unit_of_work(sessionmaker, outbox, clock) as uow:
+        await stage.handle(uow, [delivery(p) for p in pings])
+    assert saves == [2], "one save for the batch, with both incidents"
+    events = await staged(engine)
+    assert [(e.incident_id, e.payload["n"]) for e in events] == [(a, 2), (b, 3), (a, 6)]
+    assert [e.causation_id for e in events] == [p.event_id for p in pings]
+    assert all(e.actor == "system:stagetest" and e.occurred_at == T0 for e in events)
+    async with sessionmaker() as session:
+        assert await timers.pending(session) == {f"nudge:{a}": T0}  # a reached the limit, b did not
+
+    # Redelivered: the same derived ids, so the outbox keeps one copy of each.
+    async with unit_of_work(sessionmaker, outbox, clock) as uow:
+        await stage.handle(uow, [delivery(p) for p in pings[:1]])
+    assert [e.event_id for e in await staged(engine)][:3] == [e.event_id for e in events]
+    assert len(await staged(engine)) == 3
+
+
+@pytest.mark.integration
+async def test_timers_and_commands_run_through_the_same_decisions(engine: AsyncEngine) -> None:
+    stage = make_stage([])
+    a = uuid.uuid4()
+    sessionmaker, outbox, clock = make_sessionmaker(engine), Outbox(ServiceSettings()), ManualClock(T0)
+    async with unit_of_work(sessionmaker, outbox, clock) as uow:
+        await stage.handle(uow, [delivery(new_event(Pinged(n=7), producer="t", actor="t", incident_id=a))])
+    runner = timers.TimerRunner("stagetest", sessionmaker, stage.timer_handlers(outbox, clock), clock)
+    assert await runner.run_due(T0) == 1
+    nudges = [e for e in await staged(engine) if e.event_type == "StageNudged"]
+    assert [e.payload["n"] for e in nudges] == [7, 0]
+    fired = FiredTimer(f"nudge:{a}", T0, {}, T0)
+    assert [e.event_id for e in nudges] == [fired.event_id("StageNudged", 0), fired.event_id("StageNudged", 1)]
+
+    def reset_to(value: int) -> Callable[[Tally | None, int], Decision[Tally]]:
+        def command(state: Tally | None, limit: int) -> Decision[Tally]:
+            if state is None:
+                raise LookupError("unknown incident")
+            return Decision(Tally(value), [Counted(n=value)])
+
+        return command
+
+    async with unit_of_work(sessionmaker, outbox, clock) as uow:
+        state, events = await stage.execute(uow, a, reset_to(1), actor="user:alice", correlation_id="req-1")
+    assert state == Tally(1)
+    assert events[0].actor == "user:alice" and events[0].causation_id is None and events[0].correlation_id == "req-1"
+    with pytest.raises(LookupError):
+        async with unit_of_work(sessionmaker, outbox, clock) as uow:
+            await stage.execute(uow, uuid.uuid4(), reset_to(1), actor="user:alice", correlation_id=None)
+    assert len(await staged(engine)) == 4  # the refused command wrote nothing
+
+
+@pytest.mark.integration
+async def test_the_unit_of_work_wakes_the_relay_only_after_commit(engine: AsyncEngine) -> None:
+    outbox = Outbox(ServiceSettings())
+    sessionmaker = make_sessionmaker(engine)
+    ping = new_event(Pinged(n=1), producer="t", actor="t", incident_id=uuid.uuid4())
+    with pytest.raises(RuntimeError):
+        async with unit_of_work(sessionmaker, outbox, ManualClock(T0)) as uow:
+            uow.emit(ping)
+            await uow.flush()
+            raise RuntimeError("rolled back")
+    assert not outbox._wake.is_set()
+    async with unit_of_work(sessionmaker, outbox, ManualClock(T0)) as uow:
+        uow.emit(ping)
+        assert not outbox._wake.is_set()
+    assert outbox._wake.is_set()
+    assert [e.event_id for e in await staged(engine)] == [ping.event_id]
+
+
+@pytest.mark.integration
+async def test_reactions_and_commands_can_carry_the_correlation_id_the_state_names(engine: AsyncEngine) -> None:
+    stage = replace(make_stage([]), correlation=lambda tally: f"opened-by-{tally.count}")
+    sessionmaker, outbox, clock = make_sessionmaker(engine), Outbox(ServiceSettings()), ManualClock(T0)
+    a = uuid.uuid4()
+    ping = new_event(Pinged(n=2), producer="t", actor="t", incident_id=a, correlation_id="request-9")
+    async with unit_of_work(sessionmaker, outbox, clock) as uow:
+        await stage.handle(uow, [delivery(ping)])
+        _, events = await stage.execute(uow, a, lambda state, limit: Decision(state, [Counted(n=0)]), actor="user:x")
+    reaction = (await staged(engine))[0]
+    assert reaction.correlation_id == "opened-by-2" and reaction.causation_id == ping.event_id
+    assert events[0].correlation_id == "opened-by-2"
