@@ -138,12 +138,14 @@ def create_app(
     consumers: Callable[[RuntimeT], Sequence[ConsumerSpec]] = lambda runtime: (),
     timers: Callable[[RuntimeT], Mapping[str, TimerHandler]] | None = None,
     on_ready: Callable[[RuntimeT], Awaitable[None]] | None = None,
+    on_stop: Callable[[RuntimeT], Awaitable[None]] | None = None,
     max_body_bytes: int = 1024 * 1024,
     clock: Clock | None = None,
     runtime_type: type[RuntimeT] = Runtime,  # type: ignore[assignment]
 ) -> FastAPI:
     """Build a service. `consumers` and `timers` get the runtime so handlers can close over it;
-    `timers` maps a timer kind to its handler (a runner is started when given)."""
+    `timers` maps a timer kind to its handler (a runner is started when given). `on_stop` runs
+    first at shutdown, while the database and the producer are still there."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -160,6 +162,9 @@ def create_app(
         try:
             yield
         finally:
+            if on_stop is not None:
+                with contextlib.suppress(Exception):
+                    await on_stop(runtime)
             stop.set()
             boot.cancel()
             with contextlib.suppress(BaseException):

@@ -27,13 +27,13 @@ class Admission:
     async def slot(self) -> AsyncIterator[None]:
         """Hold one of the slots for the block, or raise a 503 `Rejected`."""
         if self._slots.locked() and self.waiting >= self.max_waiting:
-            raise _overloaded(f"{self.limit} requests in progress and {self.waiting} waiting")
+            raise overloaded(f"{self.limit} requests in progress and {self.waiting} waiting")
         self.waiting += 1
         try:
             async with asyncio.timeout(self.max_wait):
                 await self._slots.acquire()
         except TimeoutError:
-            raise _overloaded(f"no database connection free within {self.max_wait:g}s") from None
+            raise overloaded(f"no database connection free within {self.max_wait:g}s") from None
         finally:
             self.waiting -= 1
         try:
@@ -42,6 +42,7 @@ class Admission:
             self._slots.release()
 
 
-def _overloaded(reason: str) -> Rejected:
+def overloaded(reason: str) -> Rejected:
+    """The 503 + Retry-After answer of a request shed under load (counted)."""
     SHED.inc()
     return Rejected(503, f"overloaded ({reason}), retry later", headers=RETRY_AFTER)

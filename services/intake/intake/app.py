@@ -37,6 +37,9 @@ def build(settings: Settings | None = None, clock: Clock | None = None) -> FastA
         if settings.bootstrap_integration_key:
             await integrations.bootstrap(runtime, settings.bootstrap_integration_key)
 
+    async def on_stop(runtime: IntakeRuntime) -> None:
+        await runtime.group_commit.stop()
+
     app = create_app(
         settings,
         title="OpsLedger intake",
@@ -44,6 +47,7 @@ def build(settings: Settings | None = None, clock: Clock | None = None) -> FastA
         routers=[integrations.router, api.router],
         consumers=consumers,
         on_ready=on_ready,
+        on_stop=on_stop,
         clock=clock,
         runtime_type=IntakeRuntime,
     )

@@ -1,20 +1,36 @@
 """The write path of an alert or a report: lock the keys' state, decide, and commit the new state
-with its events in one transaction. Returning means the events are durable in the outbox."""
+with its events in one transaction (alerts: shared with concurrent requests, see group_commit).
+Returning means the events are durable in the outbox."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from intake import store
-from intake.domain import MAX_PAYLOAD_BYTES, Action, AlertSignal, FlapPolicy, Report, decide, fit_for_log, report_logged
+from intake.domain import (
+    MAX_PAYLOAD_BYTES,
+    Action,
+    AlertSignal,
+    AlertState,
+    FlapPolicy,
+    Report,
+    decide,
+    fit_for_log,
+    report_logged,
+)
 from intake.errors import FieldError, Rejected
-from intake.integration_keys import Integration
-from intake.integrations import PRODUCER
-from intake.runtime import IntakeRuntime
-from intake.settings import Settings
+from intake.integration_keys import PRODUCER, Integration
+from opsledger.bus.outbox import Outbox
 from opsledger.events import Envelope, EventPayload, new_event
+
+if TYPE_CHECKING:
+    from intake.runtime import IntakeRuntime
 
 
 @dataclass(frozen=True)
@@ -31,33 +47,58 @@ class Result:
         }
 
 
-def flap_policy(settings: Settings) -> FlapPolicy:
-    return FlapPolicy(settings.flap_max_transitions, timedelta(minutes=settings.flap_window_minutes))
+@dataclass(frozen=True)
+class AlertRequest:
+    """The signals of one request (in its order), from one integration."""
+
+    integration: Integration
+    signals: list[AlertSignal]
+    correlation_id: str
+
+    @property
+    def scope(self) -> str:
+        return str(self.integration.integration_id)
 
 
 async def ingest_alerts(
     runtime: IntakeRuntime, integration: Integration, signals: list[AlertSignal], correlation_id: str
 ) -> list[Result]:
-    """Apply signals (in order) to their keys' state; one transaction for the whole request."""
-    policy = flap_policy(runtime.settings)
-    now = runtime.clock.now()
-    scope = str(integration.integration_id)
-    results: list[Result] = []
+    """Apply a request's signals (in order) to their keys' state. It shares a transaction with the
+    requests that arrive meanwhile (group commit); returning means its events are durable."""
+    return await runtime.group_commit.submit(AlertRequest(integration, signals, correlation_id))
+
+
+async def apply_alerts(
+    session: AsyncSession, outbox: Outbox, requests: Sequence[AlertRequest], *, now: datetime, policy: FlapPolicy
+) -> list[list[Result]]:
+    """Apply several requests in the caller's transaction, one after the other, as if each had
+    its own: one lock statement per integration, one write per table. A request that raises (413:
+    an event too large for the log) raises for all; the caller then retries them one by one."""
+    keys: dict[str, set[str]] = {}
+    for request in requests:
+        keys.setdefault(request.scope, set()).update(s.dedup_key for s in request.signals)
+    states: dict[tuple[str, str], AlertState] = {}
+    # One lock order for everyone, (integration, key): two transactions sharing keys cannot deadlock.
+    for scope in sorted(keys):
+        for key, state in (await store.lock_states(session, scope, sorted(keys[scope]))).items():
+            states[(scope, key)] = state
+    before = dict(states)
+    answers: list[list[Result]] = []
     envelopes: list[Envelope] = []
     opened: list[dict[str, object]] = []
-    async with runtime.admission.slot(), runtime.sessionmaker() as session, session.begin():
-        states = await store.lock_states(session, scope, [s.dedup_key for s in signals])
-        before = dict(states)
-        for signal in signals:
-            signal = _with_integration(signal, integration)
-            outcome = decide(states[signal.dedup_key], signal, now=now, policy=policy, new_incident_id=uuid.uuid4())
-            states[signal.dedup_key] = outcome.state
+    for request in requests:
+        results: list[Result] = []
+        for signal in request.signals:
+            signal = _with_integration(signal, request.integration)
+            where = (request.scope, signal.dedup_key)
+            outcome = decide(states[where], signal, now=now, policy=policy, new_incident_id=uuid.uuid4())
+            states[where] = outcome.state
             envelopes.extend(
                 _event(
                     payload,
-                    actor=integration.actor,
+                    actor=request.integration.actor,
                     incident_id=outcome.incident_id,
-                    correlation_id=correlation_id,
+                    correlation_id=request.correlation_id,
                     now=now,
                 )
                 for payload in outcome.events
@@ -67,17 +108,20 @@ async def ingest_alerts(
                     {
                         "incident_id": outcome.incident_id,
                         "source": signal.source,
-                        "scope": scope,
+                        "scope": request.scope,
                         "dedup_key": signal.dedup_key,
                         "title": signal.title,
                         "logged_at": now,
                     }
                 )
             results.append(Result(signal.dedup_key, outcome.action, outcome.incident_id))
-        await store.save_states(session, scope, {k: s for k, s in states.items() if s != before[k]})
-        await store.record_incidents(session, opened)
-        await runtime.outbox.add(session, envelopes)
-    return results
+        answers.append(results)
+    for scope in sorted(keys):
+        changed = {k: st for (sc, k), st in states.items() if sc == scope and st != before[(sc, k)]}
+        await store.save_states(session, scope, changed)
+    await store.record_incidents(session, opened)
+    await outbox.add(session, envelopes)
+    return answers
 
 
 def _event(

@@ -8,6 +8,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
+PRODUCER = "intake"  # the producer named on intake's events
+
 
 @dataclass(frozen=True)
 class Integration:

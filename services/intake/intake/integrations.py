@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from intake.errors import FieldError, Rejected
 from intake.formats import single_line
-from intake.integration_keys import Integration, hash_key, new_key
+from intake.integration_keys import PRODUCER, Integration, hash_key, new_key
 from intake.runtime import IntakeRuntime, IntakeRuntimeDep
 from intake.store import integrations as table
 from opsledger.auth import Principal, require_roles
@@ -26,7 +26,6 @@ from opsledger.problems import Problem, ProblemDetails
 
 Kind = Literal["alertmanager", "pagerduty", "generic", "any"]
 BOOTSTRAP_NAMESPACE = uuid.UUID("0b9f8a4e-2d51-4c4e-9d0c-5c3a3f1e7a10")
-PRODUCER = "intake"
 
 
 async def lookup(runtime: IntakeRuntime, key: str) -> Integration | None:

@@ -4,11 +4,14 @@ keeps for its lifetime (its admission gate and its cache of integration keys).""
 from __future__ import annotations
 
 import functools
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends
 
 from intake.admission import Admission
+from intake.domain import FlapPolicy
+from intake.group_commit import GroupCommit
 from intake.integration_keys import KeyCache
 from intake.settings import Settings
 from opsledger.service import Runtime, runtime_of
@@ -27,6 +30,12 @@ class IntakeRuntime(Runtime[Settings]):
     @functools.cached_property
     def key_cache(self) -> KeyCache:
         return KeyCache(self.settings.integration_cache_seconds)
+
+    @functools.cached_property
+    def group_commit(self) -> GroupCommit:
+        """Where alert requests wait to share a transaction."""
+        flapping = FlapPolicy(self.settings.flap_max_transitions, timedelta(minutes=self.settings.flap_window_minutes))
+        return GroupCommit(self.settings, self.sessionmaker, self.outbox, self.clock, flapping)
 
 
 IntakeRuntimeDep = Annotated[IntakeRuntime, Depends(runtime_of)]

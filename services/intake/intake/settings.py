@@ -18,9 +18,15 @@ class Settings(ServiceSettings):
     # Integration keys are looked up once per this many seconds per process (a disabled key is
     # refused at once by the replica that disabled it, by the others within this time).
     integration_cache_seconds: float = Field(default=5.0, ge=0)
-    # Load shedding: at most `max_in_flight` write requests use database connections at a time
-    # (default: the pool and its overflow, less four for the relay, consumer and /readyz); at most
-    # `max_waiting` more wait, each up to `max_wait_seconds`. Anything beyond gets 503 + Retry-After.
+    # Load shedding: alert requests wait for group commit in a queue of `max_waiting`, each up to
+    # `max_wait_seconds`; reports and key look-ups take one of `max_in_flight` database slots
+    # (default: the pool and its overflow, less four for the relay, consumer and /readyz), waiting
+    # as long. Anything beyond gets 503 + Retry-After.
     max_in_flight: int | None = Field(default=None, ge=1)
-    max_waiting: int = Field(default=256, ge=0)
+    max_waiting: int = Field(default=1024, ge=0)
     max_wait_seconds: float = Field(default=2.0, gt=0)
+    # Group commit of alert requests: this many flushers each commit up to `batch_size` waiting
+    # requests in one transaction, lingering up to `linger_ms` for more when they find few.
+    group_commit_flushers: int = Field(default=2, ge=1)
+    group_commit_batch_size: int = Field(default=256, ge=1)
+    group_commit_linger_ms: float = Field(default=0.0, ge=0)

@@ -4,6 +4,7 @@ them, events too large for the log, the correlation id, reports posted with a ke
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -12,7 +13,7 @@ import sqlalchemy as sa
 
 from intake import store
 from opsledger.db import make_engine
-from opsledger.testing import TestInfra
+from opsledger.testing import TestInfra, eventually
 
 from .harness import intake, make_settings
 from .samples import alertmanager_body, am_alert, generic_alert, grafana_body, pagerduty_event, report
@@ -153,18 +154,18 @@ async def test_a_report_posted_with_an_integration_key(infra: TestInfra, make_da
 async def test_overload_is_shed_with_503_and_retry_after(
     infra: TestInfra, make_database: Any, topic_prefix: str
 ) -> None:
-    settings = await make_settings(
-        infra, make_database, topic_prefix, max_in_flight=1, max_waiting=0, max_wait_seconds=0.2
-    )
+    settings = await make_settings(infra, make_database, topic_prefix, max_waiting=1, max_wait_seconds=0.3)
     async with intake(settings) as svc:
         warm = await svc.post("/v1/alerts", generic_alert(dedup_key="warm"))  # caches the key
         assert warm.status_code == 202, warm.text
-        gate = svc.runtime.admission
-        async with gate.slot():  # the one slot is busy
+        group_commit = svc.runtime.group_commit
+        async with group_commit.paused():  # nothing is committed meanwhile
+            waiting = asyncio.create_task(svc.post("/v1/alerts", generic_alert(dedup_key="shed-2")))
+            await eventually(lambda: _async(group_commit.waiting == 1), what="one request waiting")
+            # The queue (1) is full: refused at once, on both endpoints.
             refused = await svc.post("/v1/alerts", generic_alert(dedup_key="shed"))
             refused_pd = await svc.client.post("/v2/enqueue", json=pagerduty_event(svc.key, dedup_key="shed-pd"))
-            gate.max_waiting = 1  # may wait now, but not long enough
-            waited = await svc.post("/v1/alerts", generic_alert(dedup_key="shed-2"))
+            waited = await waiting  # shed after max_wait_seconds, never started
         accepted = await svc.post("/v1/alerts", generic_alert(dedup_key="after"))
     for response in (refused, refused_pd, waited):
         assert response.status_code == 503, response.text
@@ -176,3 +177,7 @@ async def test_overload_is_shed_with_503_and_retry_after(
         keys = set((await conn.execute(sa.select(store.alert_state.c.dedup_key))).scalars())
     await engine.dispose()
     assert keys == {"warm", "after"}, "a shed request writes nothing"
+
+
+async def _async(value: bool) -> bool:
+    return value

@@ -1,0 +1,175 @@
+"""Group commit: alert requests that arrive together share one transaction, hence one fsync and a
+handful of statements, instead of paying for their own. A request is answered only once the
+transaction holding its rows has committed, so a 2xx still means durable.
+
+Requests wait in a queue of at most `max_waiting`. A few flushers each take what is waiting (up to `batch_size`,
+lingering `linger_seconds` for more when they find little) and apply it in one transaction. If that
+transaction fails, its requests are retried one by one, so one request's failure (an event too
+large for the log) never fails its neighbours. Overload is shed by queue wait: a request still
+queued after `max_wait` seconds, or one that finds the queue full, gets 503 + Retry-After and
+nothing of it is written, while the flushers keep committing at full rate."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from prometheus_client import Histogram
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from intake.admission import overloaded
+from intake.ingest import AlertRequest, Result, apply_alerts
+from intake.settings import Settings
+from opsledger.bus.outbox import Outbox
+from opsledger.clock import Clock
+
+if TYPE_CHECKING:
+    from intake.domain import FlapPolicy
+
+log = logging.getLogger(__name__)
+BATCH_SIZE = Histogram(
+    "opsledger_intake_group_commit_requests",
+    "Alert requests committed together in one transaction",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+
+
+@dataclass(eq=False)
+class _Waiting:
+    request: AlertRequest
+    answer: asyncio.Future[list[Result]]
+    queued_at: float = field(default_factory=time.monotonic)
+    taken: bool = False  # a flusher has it: its transaction decides, not the queue wait
+    abandoned: bool = False  # its caller was answered 503: never apply it
+
+
+class GroupCommit:
+    def __init__(
+        self,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        outbox: Outbox,
+        clock: Clock,
+        policy: FlapPolicy,
+    ) -> None:
+        self.sessionmaker, self.outbox, self.clock, self.policy = sessionmaker, outbox, clock, policy
+        self.batch_size = settings.group_commit_batch_size
+        self.linger_seconds = settings.group_commit_linger_ms / 1000
+        self.flushers = settings.group_commit_flushers
+        self.max_wait = settings.max_wait_seconds
+        self.max_waiting = settings.max_waiting
+        self.waiting = 0  # requests submitted and neither taken by a flusher nor shed
+        self._queue: asyncio.Queue[_Waiting] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._open = asyncio.Event()
+        self._open.set()
+
+    async def submit(self, request: AlertRequest) -> list[Result]:
+        """The request's results once committed; 503 `Rejected` when intake is overloaded."""
+        self._start()
+        if self.waiting >= self.max_waiting:
+            raise overloaded(f"{self.waiting} requests waiting")
+        waiting = _Waiting(request, asyncio.get_running_loop().create_future())
+        self.waiting += 1
+        self._queue.put_nowait(waiting)
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiting.answer), self.max_wait)
+        except TimeoutError:
+            if waiting.taken:  # being committed right now: its outcome is the answer
+                return await waiting.answer
+            waiting.abandoned = True
+            self.waiting -= 1
+            raise overloaded(f"not started within {self.max_wait:g}s") from None
+
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """Hold every flusher before it takes more work (maintenance, and tests of load shedding)."""
+        self._open.clear()
+        try:
+            yield
+        finally:
+            self._open.set()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    def _start(self) -> None:
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(self._flush(), name=f"group-commit-{n}") for n in range(self.flushers)]
+
+    async def _flush(self) -> None:
+        while True:
+            batch = await self._take()
+            try:
+                await self._commit(batch)
+            except Exception as exc:  # never leave a caller waiting, nor a flusher dead
+                log.exception("group commit failed")
+                for waiting in batch:
+                    _settle(waiting, exc)
+
+    async def _take(self) -> list[_Waiting]:
+        first = await self._queue.get()
+        await self._open.wait()
+        batch = [first]
+        deadline = time.monotonic() + self.linger_seconds
+        while len(batch) < self.batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                batch.append(await asyncio.wait_for(self._queue.get(), left))
+        live = [w for w in batch if not w.abandoned]
+        for w in live:
+            w.taken = True
+        self.waiting -= len(live)
+        return live
+
+    async def _commit(self, batch: list[_Waiting]) -> None:
+        if not batch:
+            return
+        try:
+            answers = await self._apply(batch)
+        except Exception:
+            # Something in the batch failed: each on its own, so only the guilty one fails.
+            for waiting in batch:
+                try:
+                    [answer] = await self._apply([waiting])
+                except Exception as exc:
+                    _settle(waiting, exc)
+                else:
+                    BATCH_SIZE.observe(1)
+                    _settle(waiting, answer)
+            return
+        BATCH_SIZE.observe(len(batch))
+        for waiting, answer in zip(batch, answers, strict=True):
+            _settle(waiting, answer)
+
+    async def _apply(self, batch: list[_Waiting]) -> list[list[Result]]:
+        now = self.clock.now()
+        async with self.sessionmaker() as session, session.begin():
+            requests = [w.request for w in batch]
+            return await apply_alerts(session, self.outbox, requests, now=now, policy=self.policy)
+
+
+def _settle(waiting: _Waiting, outcome: list[Result] | Exception) -> None:
+    if waiting.answer.done():
+        return
+    if isinstance(outcome, Exception):
+        waiting.answer.set_exception(outcome)
+    else:
+        waiting.answer.set_result(outcome)
