@@ -92,8 +92,8 @@ class ProblemDetails(BaseModel):
     errors: list[ProblemFieldError]
 
     @classmethod
-    def responses(cls, *statuses: int) -> dict[int | str, dict[str, Any]]:
-        """OpenAPI `responses` documenting `statuses` as problem-details answers."""
+    def responses(cls, *statuses: int | str) -> dict[int | str, dict[str, Any]]:
+        """OpenAPI `responses` documenting `statuses` (or a range such as "4XX") as problem details."""
         schema = cls.model_json_schema()
         defs = schema.pop("$defs", {})
 
@@ -109,7 +109,11 @@ class ProblemDetails(BaseModel):
             return node
 
         content = {MEDIA_TYPE: {"schema": inline(schema)}}
-        return {status: {"description": title_of(status), "content": content} for status in statuses}
+        ranges = {"4XX": "Client error", "5XX": "Server error"}
+        return {
+            status: {"description": ranges.get(str(status)) or title_of(int(status)), "content": content}
+            for status in statuses
+        }
 
 
 class ProblemResponse(Response):

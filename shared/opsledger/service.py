@@ -124,9 +124,42 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def _route_template(request: Request) -> str:
-    route = request.scope.get("route")
-    return getattr(route, "path", "unmatched")
+class CorrelateAndCount:
+    """Every log line of a request carries its correlation id (the caller's X-Correlation-ID or
+    X-Request-ID when it sent a clean one), the answer echoes it, and the request is counted and
+    timed per route. Plain ASGI: Starlette's `@app.middleware("http")` costs a task and a stream
+    per request on the hot path."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app, self.service = app, service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        given = (headers.get(b"x-correlation-id") or headers.get(b"x-request-id") or b"").decode("latin-1")
+        correlation = given if 0 < len(given) <= 200 and given.isprintable() else uuid.uuid4().hex
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), (b"x-correlation-id", correlation.encode())],
+                }
+            await send(message)
+
+        try:
+            with log_context(correlation=correlation):
+                await self.app(scope, receive, send_with_id)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            metrics.HTTP_REQUESTS.labels(self.service, scope["method"], route, str(status)).inc()
+            metrics.HTTP_LATENCY.labels(self.service, route).observe(time.perf_counter() - started)
 
 
 def create_app(
@@ -187,19 +220,7 @@ def create_app(
     problems.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
 
-    @app.middleware("http")
-    async def correlate_and_count(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
-        # Every log line of this request carries its correlation id; the caller gets it back.
-        given = request.headers.get("x-correlation-id") or request.headers.get("x-request-id") or ""
-        correlation = given if 0 < len(given) <= 200 and given.isprintable() else uuid.uuid4().hex
-        started = time.perf_counter()
-        with log_context(correlation=correlation):
-            response = await call_next(request)
-        response.headers["x-correlation-id"] = correlation
-        route = _route_template(request)
-        metrics.HTTP_REQUESTS.labels(settings.service_name, request.method, route, str(response.status_code)).inc()
-        metrics.HTTP_LATENCY.labels(settings.service_name, route).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(CorrelateAndCount, service=settings.service_name)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

@@ -221,8 +221,9 @@ class RebuildStatus(BaseModel):
     rebuild: Rebuild | None = Field(description="the latest rebuild; null if there has been none")
 
 
-# Who may not, bad parameters (named), and no such thing.
-READ_PROBLEMS = ProblemDetails.responses(400, 401, 403, 404, 422)
+# Bad parameters (named; FastAPI's own checks too, see app.py: never a 422), who may not, no such
+# thing; "4XX" stops FastAPI from documenting a 422 in its own shape.
+READ_PROBLEMS = ProblemDetails.responses(400, 401, 403, 404, "4XX")
 # `format=csv`: the same rows as CSV.
 CSV: dict[int | str, dict[str, Any]] = {200: {"content": {"text/csv": {"schema": {"type": "string"}}}}}
 
