@@ -5,12 +5,12 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from assignment.handlers import stage
+from assignment.api import router
+from assignment.runtime import AssignmentRuntime
 from assignment.settings import Settings
 from opsledger.bus.consumer import ConsumerSpec
 from opsledger.clock import Clock
-from opsledger.events import Stream
-from opsledger.service import Runtime, create_app
+from opsledger.service import create_app
 from opsledger.timers import TimerHandler
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"  # shipped inside the package
@@ -19,18 +19,25 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"  # shipped inside th
 def build(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
     settings = settings or Settings()
 
-    def consumers(runtime: Runtime[Settings]) -> Sequence[ConsumerSpec]:
-        topics = [settings.topic(Stream.INCIDENTS)]
-        return [stage.consumer("incidents", topics, runtime.outbox, runtime.clock)]
+    def consumers(runtime: AssignmentRuntime) -> Sequence[ConsumerSpec]:
+        return [runtime.assignment.consumer()]
 
-    def timers(runtime: Runtime[Settings]) -> dict[str, TimerHandler]:
-        return stage.timer_handlers(runtime.outbox, runtime.clock)
+    def timers(runtime: AssignmentRuntime) -> dict[str, TimerHandler]:
+        return runtime.assignment.timer_handlers()
+
+    async def on_ready(runtime: AssignmentRuntime) -> None:
+        if runtime.settings.demo:
+            async with runtime.unit_of_work() as uow:
+                await runtime.assignment.seed_demo(uow)
 
     return create_app(
         settings,
         title="OpsLedger assignment",
         migrations_dir=MIGRATIONS,
+        routers=[router],
         consumers=consumers,
         timers=timers,
+        on_ready=on_ready,
         clock=clock,
+        runtime_type=AssignmentRuntime,
     )

@@ -1,52 +1,322 @@
-"""Tables of the assignment service (its own database) and the queries the stage runs on them."""
+"""Tables of the assignment service (its own database) and the queries on them."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from assignment.domain import Incident
-from opsledger.uow import UnitOfWork
+from assignment.config import Load
+from assignment.domain import OPEN, Incident, Task
+from opsledger.events.assignment import TaskOrigin, TaskPriority, TaskStatus
+from opsledger.events.common import PersonRef
 
 metadata = sa.MetaData()
 
-# The incidents this service has heard of; the stage's own state grows from here.
+# The incidents this service has heard of, and where their assignment stands: the columns others
+# query (status, team, assignee) beside the rest of the state as JSON.
 known_incidents = sa.Table(
     "known_incidents",
     metadata,
     sa.Column("incident_id", pg.UUID(as_uuid=True), primary_key=True),
     sa.Column("logged_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("title", sa.Text, nullable=False),
+    sa.Column("status", sa.Text),
+    sa.Column("team_id", sa.Text),
+    sa.Column("assignee_sub", sa.Text),
+    sa.Column("assigned_at", sa.DateTime(timezone=True)),
+    sa.Column("state", pg.JSONB),
+)
+# Open incidents per assignee (least loaded) is read once per unit of work: only open rows count.
+sa.Index(
+    "known_incidents_open_assignee",
+    known_incidents.c.assignee_sub,
+    postgresql_where=known_incidents.c.status == OPEN,
+)
+
+# When each person was last given an incident (round robin among the least loaded): one small row
+# per person, so the read does not grow with the incident history.
+people = sa.Table(
+    "people",
+    metadata,
+    sa.Column("sub", sa.Text, primary_key=True),
+    sa.Column("last_assigned_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Tasks split off incidents; an incident's tasks are part of its state (loaded and saved with it).
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("task_id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("incident_id", pg.UUID(as_uuid=True), nullable=False, index=True),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("assignee_sub", sa.Text),
+    sa.Column("assignee", pg.JSONB),
+    sa.Column("priority", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("due_at", sa.DateTime(timezone=True)),
+    sa.Column("required_skills", pg.JSONB, nullable=False),
+    sa.Column("origin", sa.Text, nullable=False),
+    sa.Column("review_event_id", pg.UUID(as_uuid=True)),
+    sa.Column("action_item_id", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+sa.Index("tasks_assignee", tasks.c.assignee_sub, tasks.c.status)
+OPEN_TASK = ("open", "in_progress")
+
+# Every version of every configuration object (kind: team | schedule | policy | routing); the
+# highest version of an object is in force. Rows are never updated: this is the history.
+config_versions = sa.Table(
+    "config_versions",
+    metadata,
+    sa.Column("kind", sa.Text, primary_key=True),
+    sa.Column("object_id", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("body", pg.JSONB, nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("comment", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Once seeded, the demo configuration is never seeded again (even after it was changed).
+seeds = sa.Table(
+    "seeds",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 
-async def load(uow: UnitOfWork, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Incident]:
-    """The incidents among `ids` this service knows, locked (in id order) for the transaction."""
+# --------------------------------------------------------------------------- incidents
+
+
+def state_of(row: Any, its_tasks: Sequence[Task] = ()) -> Incident:
+    return Incident.from_row(row.logged_at, row.title, row.status, row.team_id, row.assigned_at, row.state, its_tasks)
+
+
+def task_of(row: Any) -> Task:
+    return Task(
+        task_id=row.task_id,
+        title=row.title,
+        created_at=row.created_at,
+        description=row.description,
+        assignee=PersonRef.model_validate(row.assignee) if row.assignee else None,
+        priority=TaskPriority(row.priority),
+        status=TaskStatus(row.status),
+        due_at=row.due_at,
+        required_skills=tuple(row.required_skills),
+        origin=TaskOrigin(row.origin),
+        review_event_id=row.review_event_id,
+        action_item_id=row.action_item_id,
+    )
+
+
+async def tasks_of(session: AsyncSession, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, list[Task]]:
+    """The tasks of these incidents, as created."""
+    found: dict[uuid.UUID, list[Task]] = {}
+    if ids:
+        query = (
+            sa.select(tasks).where(tasks.c.incident_id.in_(sorted(ids))).order_by(tasks.c.created_at, tasks.c.task_id)
+        )
+        for row in await session.execute(query):
+            found.setdefault(row.incident_id, []).append(task_of(row))
+    return found
+
+
+async def tasks_of_person(session: AsyncSession, sub: str, open_only: bool = True) -> list[tuple[uuid.UUID, Task]]:
+    """A person's tasks (open ones only, by default), with their incidents."""
+    query = sa.select(tasks).where(tasks.c.assignee_sub == sub)
+    if open_only:
+        query = query.where(tasks.c.status.in_(OPEN_TASK))
+    return [(row.incident_id, task_of(row)) for row in await session.execute(query.limit(1000))]
+
+
+async def incidents_of_person(session: AsyncSession, sub: str) -> list[tuple[uuid.UUID, Incident]]:
+    """The open incidents assigned to a person, latest assignment first."""
+    c = known_incidents.c
     query = (
         sa.select(known_incidents)
-        .where(known_incidents.c.incident_id.in_(ids))
+        .where(c.assignee_sub == sub, c.status == OPEN)
+        .order_by(c.assigned_at.desc())
+        .limit(1000)
+    )
+    return [(row.incident_id, state_of(row)) for row in await session.execute(query)]
+
+
+async def load(session: AsyncSession, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Incident]:
+    """The incidents among `ids` this service knows, locked (in id order) for the transaction."""
+    if not ids:
+        return {}
+    query = (
+        sa.select(known_incidents)
+        .where(known_incidents.c.incident_id.in_(sorted(ids)))
         .order_by(known_incidents.c.incident_id)
         .with_for_update()
     )
-    return {row.incident_id: Incident(row.logged_at, row.title) for row in await uow.session.execute(query)}
+    rows = list(await session.execute(query))
+    its_tasks = await tasks_of(session, [row.incident_id for row in rows])
+    return {row.incident_id: state_of(row, its_tasks.get(row.incident_id, ())) for row in rows}
 
 
-async def save(uow: UnitOfWork, changed: dict[uuid.UUID, Incident]) -> None:
+async def save(session: AsyncSession, changed: Mapping[uuid.UUID, Incident]) -> None:
     """Write the incidents a unit of work changed, in one statement."""
     if not changed:
         return
-    stmt = pg_insert(known_incidents)
-    await uow.session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["incident_id"], set_={"logged_at": stmt.excluded.logged_at, "title": stmt.excluded.title}
-        ),
-        [{"incident_id": k, "logged_at": v.logged_at, "title": v.title} for k, v in changed.items()],
+    rows = [
+        {
+            "incident_id": k,
+            "logged_at": v.logged_at,
+            "title": v.title,
+            "status": v.status,
+            "team_id": v.team_id,
+            "assignee_sub": v.assignee.sub if v.assignee else None,
+            "assigned_at": v.assigned_at,
+            "state": v.as_json(),
+        }
+        for k, v in sorted(changed.items())
+    ]
+    stmt = pg_insert(known_incidents).values(rows)
+    mutable = ("logged_at", "title", "status", "team_id", "assignee_sub", "assigned_at", "state")
+    await session.execute(
+        stmt.on_conflict_do_update(index_elements=["incident_id"], set_={c: stmt.excluded[c] for c in mutable})
+    )
+    task_rows = [
+        {
+            "task_id": t.task_id,
+            "incident_id": k,
+            "title": t.title,
+            "description": t.description,
+            "assignee_sub": t.assignee.sub if t.assignee else None,
+            "assignee": t.assignee.model_dump() if t.assignee else None,
+            "priority": str(t.priority),
+            "status": str(t.status),
+            "due_at": t.due_at,
+            "required_skills": list(t.required_skills),
+            "origin": str(t.origin),
+            "review_event_id": t.review_event_id,
+            "action_item_id": t.action_item_id,
+            "created_at": t.created_at,
+        }
+        for k, v in sorted(changed.items())
+        for t in v.tasks
+    ]
+    last: dict[str, datetime] = {}
+    for v in changed.values():
+        if v.assignee is not None and v.assigned_at is not None:
+            last[v.assignee.sub] = max(v.assigned_at, last.get(v.assignee.sub, v.assigned_at))
+    if last:
+        upsert = pg_insert(people).values([{"sub": s, "last_assigned_at": at} for s, at in sorted(last.items())])
+        later = sa.func.greatest(people.c.last_assigned_at, upsert.excluded.last_assigned_at)
+        await session.execute(upsert.on_conflict_do_update(index_elements=["sub"], set_={"last_assigned_at": later}))
+    if task_rows:
+        insert = pg_insert(tasks).values(task_rows)
+        changeable = ("title", "description", "assignee_sub", "assignee", "priority", "status", "due_at")
+        await session.execute(
+            insert.on_conflict_do_update(index_elements=["task_id"], set_={c: insert.excluded[c] for c in changeable})
+        )
+
+
+async def incident(session: AsyncSession, incident_id: uuid.UUID) -> Incident | None:
+    query = sa.select(known_incidents).where(known_incidents.c.incident_id == incident_id)
+    row = (await session.execute(query)).first()
+    if row is None:
+        return None
+    return state_of(row, (await tasks_of(session, [incident_id])).get(incident_id, ()))
+
+
+async def load_of_people(session: AsyncSession) -> Load:
+    """Open incidents and open tasks per assignee, and when each person was last assigned."""
+    c = known_incidents.c
+    rows = await session.execute(
+        sa.select(c.assignee_sub, sa.func.count())
+        .where(c.status == OPEN, c.assignee_sub.is_not(None))
+        .group_by(c.assignee_sub)
+    )
+    counts = {sub: int(n) for sub, n in rows.all()}
+    last = {sub: at for sub, at in (await session.execute(sa.select(people.c.sub, people.c.last_assigned_at))).all()}
+    task_counts = await session.execute(
+        sa.select(tasks.c.assignee_sub, sa.func.count())
+        .where(tasks.c.assignee_sub.is_not(None), tasks.c.status.in_(OPEN_TASK))
+        .group_by(tasks.c.assignee_sub)
+    )
+    return Load(counts, last, {sub: int(n) for sub, n in task_counts.all()})
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+async def versions_in_force(session: AsyncSession) -> dict[tuple[str, str], int]:
+    """(kind, object id) -> the version in force: one cheap query per unit of work."""
+    c = config_versions.c
+    rows = await session.execute(sa.select(c.kind, c.object_id, sa.func.max(c.version)).group_by(c.kind, c.object_id))
+    return {(kind, object_id): version for kind, object_id, version in rows.all()}
+
+
+async def configs_at(session: AsyncSession, versions: Mapping[tuple[str, str], int]) -> list[sa.Row[Any]]:
+    """The stored rows of exactly these versions."""
+    if not versions:
+        return []
+    c = config_versions.c
+    wanted = sa.tuple_(c.kind, c.object_id, c.version).in_([(k, o, v) for (k, o), v in versions.items()])
+    return list((await session.execute(sa.select(config_versions).where(wanted))).all())
+
+
+async def current(session: AsyncSession, kind: str, object_id: str | None = None) -> list[sa.Row[Any]]:
+    """The rows in force of a kind (or of one object), by object id."""
+    c = config_versions.c
+    latest = sa.select(c.kind, c.object_id, sa.func.max(c.version).label("version")).where(c.kind == kind)
+    if object_id is not None:
+        latest = latest.where(c.object_id == object_id)
+    sub = latest.group_by(c.kind, c.object_id).subquery()
+    query = (
+        sa.select(config_versions)
+        .join(sub, sa.and_(sub.c.kind == c.kind, sub.c.object_id == c.object_id, sub.c.version == c.version))
+        .order_by(c.object_id)
+    )
+    return list((await session.execute(query)).all())
+
+
+async def history(session: AsyncSession, kind: str, object_id: str, limit: int) -> list[sa.Row[Any]]:
+    c = config_versions.c
+    query = (
+        sa.select(config_versions)
+        .where(c.kind == kind, c.object_id == object_id)
+        .order_by(c.version.desc())
+        .limit(limit)
+    )
+    return list((await session.execute(query)).all())
+
+
+async def lock_config(session: AsyncSession) -> None:
+    """Serialise configuration changes (they validate against each other) for this transaction."""
+    await session.execute(sa.select(sa.func.pg_advisory_xact_lock(0x61737369676E)))  # "assign"
+
+
+async def save_config(
+    session: AsyncSession,
+    kind: str,
+    object_id: str,
+    version: int,
+    body: dict[str, Any],
+    actor: str,
+    comment: str | None,
+    at: datetime,
+) -> None:
+    await session.execute(
+        sa.insert(config_versions).values(
+            kind=kind, object_id=object_id, version=version, body=body, actor=actor, comment=comment, created_at=at
+        )
     )
 
 
-async def no_context(uow: UnitOfWork) -> None:
-    """Decisions here need no configuration yet."""
+async def claim_seed(session: AsyncSession, name: str, at: datetime) -> bool:
+    """True the first time (ever) `name` is claimed."""
+    result = await session.execute(pg.insert(seeds).values(name=name, created_at=at).on_conflict_do_nothing())
+    return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -46,6 +46,7 @@ class _Waiting:
     queued_at: float = field(default_factory=time.monotonic)
     taken: bool = False  # a flusher has it: its transaction decides, not the queue wait
     abandoned: bool = False  # its caller was answered 503: never apply it
+    deadline: asyncio.TimerHandle | None = None
 
 
 class GroupCommit:
@@ -74,17 +75,21 @@ class GroupCommit:
         self._start()
         if self.waiting >= self.max_waiting:
             raise overloaded(f"{self.waiting} requests waiting")
-        waiting = _Waiting(request, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(request, loop.create_future())
         self.waiting += 1
         self._queue.put_nowait(waiting)
-        try:
-            return await asyncio.wait_for(asyncio.shield(waiting.answer), self.max_wait)
-        except TimeoutError:
-            if waiting.taken:  # being committed right now: its outcome is the answer
-                return await waiting.answer
-            waiting.abandoned = True
-            self.waiting -= 1
-            raise overloaded(f"not started within {self.max_wait:g}s") from None
+        # A timer, not wait_for: it costs no task per request on the hot path.
+        waiting.deadline = loop.call_later(self.max_wait, self._shed, waiting)
+        return await waiting.answer
+
+    def _shed(self, waiting: _Waiting) -> None:
+        """Still queued after max_wait: answered 503, and never applied."""
+        if waiting.taken or waiting.answer.done():
+            return  # being committed right now: its outcome is the answer
+        waiting.abandoned = True
+        self.waiting -= 1
+        waiting.answer.set_exception(overloaded(f"not started within {self.max_wait:g}s"))
 
     @contextlib.asynccontextmanager
     async def paused(self) -> AsyncIterator[None]:
@@ -136,6 +141,8 @@ class GroupCommit:
         live = [w for w in batch if not w.abandoned]
         for w in live:
             w.taken = True
+            if w.deadline is not None:
+                w.deadline.cancel()
         self.waiting -= len(live)
         return live
 

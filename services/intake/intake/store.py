@@ -59,20 +59,22 @@ logged_incidents = sa.Table(
 )
 
 
+# One statement for any number of keys, compiled once (a multi-row VALUES is recompiled for each
+# row count). A no-op update takes the row lock and makes RETURNING give existing rows too; rows
+# are inserted, hence locked, in the order of the (sorted) array.
+_LOCK_STATES = sa.text(
+    "INSERT INTO alert_state (scope, dedup_key, status)"
+    " SELECT :scope, key, :inactive FROM unnest(CAST(:keys AS text[])) AS key"
+    " ON CONFLICT (scope, dedup_key) DO UPDATE SET scope = EXCLUDED.scope"
+    " RETURNING dedup_key, status, incident_id, occurrence_count, first_seen, last_seen, transitions, flapping_since"
+)
+
+
 async def lock_states(session: AsyncSession, scope: str, keys: Sequence[str]) -> dict[str, AlertState]:
     """Load and row-lock the state of each key, creating missing rows (one round trip). Keys are
     locked in sorted order, so two requests sharing keys cannot deadlock."""
-    ordered = sorted(set(keys))
-    stmt = (
-        pg_insert(alert_state)
-        .values([{"scope": scope, "dedup_key": k, "status": Status.INACTIVE.value} for k in ordered])
-        # A no-op update: it takes the row lock and makes RETURNING give existing rows too.
-        .on_conflict_do_update(
-            index_elements=["scope", "dedup_key"], set_={"scope": pg_insert(alert_state).excluded.scope}
-        )
-        .returning(alert_state)
-    )
-    rows = (await session.execute(stmt)).mappings().all()
+    params = {"scope": scope, "keys": sorted(set(keys)), "inactive": Status.INACTIVE.value}
+    rows = (await session.execute(_LOCK_STATES, params)).mappings().all()
     return {
         r["dedup_key"]: AlertState(
             status=Status(r["status"]),
