@@ -47,7 +47,7 @@ class Action(enum.StrEnum):
     SUPPRESSED = "suppressed"  # flapping: attached to the last incident instead of opening one
     RESOLVED = "resolved"
     ACKNOWLEDGED = "acknowledged"
-    IGNORED = "ignored"  # resolve/acknowledge for a key with no open incident
+    IGNORED = "ignored"  # resolve/acknowledge with no open incident, or a late re-send of a resolved episode
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,9 @@ class AlertSignal:
     annotations: Mapping[str, str] = field(default_factory=dict)
     links: tuple[Link, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=dict)
+    # When the source says this firing episode started (Alertmanager's and Grafana's startsAt, sent
+    # unchanged with every notification of the episode); None where the source has no such notion.
+    episode_started_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,9 @@ class AlertState:
     last_seen: datetime | None = None
     transitions: tuple[datetime, ...] = ()  # state changes within the flapping window
     flapping_since: datetime | None = None
+    # The start of the last episode the source itself said had resolved: a firing notification of
+    # that same episode arriving later (the second Alertmanager of an HA pair) is no new problem.
+    resolved_episode: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,12 @@ def decide(
 
 
 def _trigger(state: AlertState, signal: AlertSignal, now: datetime, policy: FlapPolicy, new_id: uuid.UUID) -> Outcome:
+    if (
+        state.status is Status.RESOLVED
+        and signal.episode_started_at is not None
+        and signal.episode_started_at == state.resolved_episode
+    ):
+        return Outcome(state, Action.IGNORED, state.incident_id)
     if state.status is Status.FIRING and state.incident_id is not None:
         state = replace(state, occurrence_count=state.occurrence_count + 1, last_seen=now)
         return Outcome(state, Action.CORRELATED, state.incident_id, (_correlated(state, signal),))
@@ -145,7 +157,13 @@ def _trigger(state: AlertState, signal: AlertSignal, now: datetime, policy: Flap
 def _resolve(state: AlertState, signal: AlertSignal, now: datetime, policy: FlapPolicy) -> Outcome:
     if state.status is not Status.FIRING or state.incident_id is None:
         return Outcome(state, Action.IGNORED, state.incident_id)
-    state = replace(state, status=Status.RESOLVED, transitions=(*state.transitions, now), last_seen=now)
+    state = replace(
+        state,
+        status=Status.RESOLVED,
+        transitions=(*state.transitions, now),
+        last_seen=now,
+        resolved_episode=signal.episode_started_at,
+    )
     events: list[EventPayload] = [
         AlertResolved(
             source=signal.source,
@@ -240,6 +258,9 @@ class Report:
     labels: Mapping[str, str] = field(default_factory=dict)
     links: tuple[Link, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=dict)
+    # When the source says this firing episode started (Alertmanager's and Grafana's startsAt, sent
+    # unchanged with every notification of the episode); None where the source has no such notion.
+    episode_started_at: datetime | None = None
     integration_id: str | None = None  # when posted with an integration key
     integration_name: str | None = None
     reported_at: datetime | None = None  # when the reporter says it was reported (else: received)

@@ -231,6 +231,7 @@ def alertmanager_signals(hook: AlertmanagerWebhook, raw: dict[str, Any], now: da
                 annotations=notes,
                 links=tuple(links),
                 raw={"alert": raw_alert, "group": group},
+                episode_started_at=alert.startsAt,
             )
         )
     return signals

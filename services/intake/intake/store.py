@@ -43,6 +43,7 @@ alert_state = sa.Table(
     sa.Column("last_seen", sa.DateTime(timezone=True)),
     sa.Column("transitions", pg.ARRAY(sa.DateTime(timezone=True)), nullable=False, server_default="{}"),
     sa.Column("flapping_since", sa.DateTime(timezone=True)),
+    sa.Column("resolved_episode", sa.DateTime(timezone=True)),
 )
 sa.Index("alert_state_incident", alert_state.c.incident_id)
 
@@ -66,7 +67,8 @@ _LOCK_STATES = sa.text(
     "INSERT INTO alert_state (scope, dedup_key, status)"
     " SELECT :scope, key, :inactive FROM unnest(CAST(:keys AS text[])) AS key"
     " ON CONFLICT (scope, dedup_key) DO UPDATE SET scope = EXCLUDED.scope"
-    " RETURNING dedup_key, status, incident_id, occurrence_count, first_seen, last_seen, transitions, flapping_since"
+    " RETURNING dedup_key, status, incident_id, occurrence_count, first_seen, last_seen, transitions, flapping_since,"
+    " resolved_episode"
 )
 
 
@@ -84,6 +86,7 @@ async def lock_states(session: AsyncSession, scope: str, keys: Sequence[str]) ->
             last_seen=r["last_seen"],
             transitions=tuple(r["transitions"] or ()),
             flapping_since=r["flapping_since"],
+            resolved_episode=r["resolved_episode"],
         )
         for r in rows
     }
@@ -103,6 +106,7 @@ async def save_states(session: AsyncSession, scope: str, states: dict[str, Alert
             last_seen=sa.bindparam("b_last"),
             transitions=sa.bindparam("b_transitions"),
             flapping_since=sa.bindparam("b_flapping"),
+            resolved_episode=sa.bindparam("b_episode"),
         )
     )
     await session.execute(
@@ -118,6 +122,7 @@ async def save_states(session: AsyncSession, scope: str, states: dict[str, Alert
                 "b_last": s.last_seen,
                 "b_transitions": list(s.transitions),
                 "b_flapping": s.flapping_since,
+                "b_episode": s.resolved_episode,
             }
             for key, s in states.items()
         ],

@@ -152,3 +152,48 @@ def test_stable_key_changes_with_labels_and_source(labels: dict[str, str], extra
     changed = {**labels, "\x00extra": extra}
     assert stable_key("generic", labels) != stable_key("generic", changed)
     assert stable_key("generic", labels) != stable_key("alertmanager", labels)
+
+
+def am_signal(kind: SignalKind, started: datetime) -> AlertSignal:
+    return AlertSignal(
+        kind=kind,
+        source="alertmanager",
+        dedup_key="fp",
+        title="5xx",
+        severity=Severity.HIGH,
+        occurred_at=started,
+        episode_started_at=started,
+    )
+
+
+def test_a_late_firing_resend_of_an_episode_the_source_resolved_is_ignored() -> None:
+    """An Alertmanager HA pair both notify: the second pair member's 'firing' for an episode can
+    arrive after the first member's 'resolved'. Same startsAt: the same episode, no new incident."""
+    episode, later = T0, T0 + timedelta(hours=1)
+    opened = decide(
+        AlertState(), am_signal(SignalKind.TRIGGER, episode), now=T0, policy=POLICY, new_incident_id=uuid.uuid4()
+    )
+    resolved = decide(
+        opened.state, am_signal(SignalKind.RESOLVE, episode), now=T0, policy=POLICY, new_incident_id=uuid.uuid4()
+    )
+    late = decide(
+        resolved.state, am_signal(SignalKind.TRIGGER, episode), now=T0, policy=POLICY, new_incident_id=uuid.uuid4()
+    )
+    assert (late.action, late.events, late.state) == (Action.IGNORED, (), resolved.state)
+    # A new episode (another startsAt) is a new problem: a new incident.
+    again = decide(
+        resolved.state, am_signal(SignalKind.TRIGGER, later), now=later, policy=POLICY, new_incident_id=uuid.uuid4()
+    )
+    assert again.action is Action.LOGGED and again.incident_id != opened.incident_id
+
+
+def test_a_person_resolving_does_not_make_the_source_episode_resolved() -> None:
+    """Resolved downstream (a person), still firing at the source: its re-send opens a new incident."""
+    opened = decide(
+        AlertState(), am_signal(SignalKind.TRIGGER, T0), now=T0, policy=POLICY, new_incident_id=uuid.uuid4()
+    )
+    closed_by_person = AlertState(**{**opened.state.__dict__, "status": Status.RESOLVED})
+    resend = decide(
+        closed_by_person, am_signal(SignalKind.TRIGGER, T0), now=T0, policy=POLICY, new_incident_id=uuid.uuid4()
+    )
+    assert resend.action is Action.LOGGED

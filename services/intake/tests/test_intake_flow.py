@@ -82,6 +82,28 @@ async def test_alertmanager_resend_correlates_and_resolve_is_signalled(
     assert res.incident_id == by_key["fp-1"] and res.payload["resolved_at"].startswith("2026-03-01T10:30")
 
 
+async def test_an_ha_pairs_late_firing_for_a_resolved_episode_is_ignored(
+    infra: TestInfra, make_database: Any, topic_prefix: str
+) -> None:
+    """Two Alertmanagers notify for the same episode; one's 'firing' arrives after the other's
+    'resolved'. Same startsAt: ignored, not a new incident. A later episode opens a new one."""
+    settings = await make_settings(infra, make_database, topic_prefix)
+    firing = alertmanager_body(am_alert("fp-ha"))
+    async with intake(settings) as svc:
+        opened = await svc.post("/v1/integrations/alertmanager", firing)
+        await svc.post("/v1/integrations/alertmanager", alertmanager_body(am_alert("fp-ha", status="resolved")))
+        late = await svc.post("/v1/integrations/alertmanager", firing)
+        assert late.status_code == 202, late.text
+        assert late.json()["alerts"][0]["action"] == "ignored"
+        assert late.json()["alerts"][0]["incident_id"] == opened.json()["incident_ids"][0]
+        next_episode = {**am_alert("fp-ha"), "startsAt": "2026-03-01T12:00:00.000Z"}
+        reopened = await svc.post("/v1/integrations/alertmanager", alertmanager_body(next_episode))
+        assert reopened.json()["alerts"][0]["action"] == "logged"
+        events = await svc.events(at_least=3)
+    assert len(of_type(events, "IncidentLogged")) == 2
+    assert of_type(events, "AlertCorrelated") == []
+
+
 async def test_grafana_webhook_is_logged_as_grafana(infra: TestInfra, make_database: Any, topic_prefix: str) -> None:
     settings = await make_settings(infra, make_database, topic_prefix)
     async with intake(settings) as svc:
