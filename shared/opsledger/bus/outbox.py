@@ -89,6 +89,9 @@ class OutboxRelay:
         self.outbox = outbox
         self.lease = Lease(RELAY_LEASE, settings.relay_lease_seconds)
         self._purge_countdown = 0
+        # Rows Kafka acknowledged whose "sent" mark failed to commit (the database went away):
+        # marked first on the next pass instead of being published a second time.
+        self._acked_unmarked: list[int] = []
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
@@ -111,6 +114,9 @@ class OutboxRelay:
         async with self.sessionmaker() as session, session.begin():
             if not await self.lease.acquire(session):
                 return 0
+            if self._acked_unmarked:
+                await self._mark_sent(session, self._acked_unmarked)
+                self._acked_unmarked = []
             rows = (
                 await session.execute(
                     sa.select(outbox_table.c.id, outbox_table.c.topic, outbox_table.c.key, outbox_table.c.value)
@@ -123,10 +129,12 @@ class OutboxRelay:
         if rows:
             await self._publish(rows)
             metrics.EVENTS_PRODUCED.labels(self.settings.service_name).inc(len(rows))
+            self._acked_unmarked = [r.id for r in rows]
         async with self.sessionmaker() as session, session.begin():
             if rows:
-                await self._mark_sent(session, [r.id for r in rows])
+                await self._mark_sent(session, self._acked_unmarked)
             await self._maybe_purge(session)
+        self._acked_unmarked = []
         if len(rows) < self.settings.relay_batch_size:
             metrics.OUTBOX_BACKLOG.labels(self.settings.service_name).set(0)
         return len(rows)
