@@ -1,7 +1,7 @@
 """Benchmark of the intake service under load from wrk (a lean C load generator, so the client
 does not eat the core it measures), with two baselines measured in the same run on the same
 machine: a FastAPI app that only parses the body and answers (the HTTP ceiling), and one that does
-one upsert per request on the same PostgreSQL (bench/baseline_apps.py).
+one upsert per request on the same PostgreSQL (bench/support/baseline_apps.py).
 
 Prints, for each: alerts/s, p50 and p99 at 1, 8, 32 and 128 connections, and intake's ratio to
 each baseline; Alertmanager bodies of 100 alerts; and under overload (128 to 1,024 connections)
@@ -62,7 +62,7 @@ def wrk(url: str, connections: int, seconds: float, batch: int = 0) -> Run:
     env = {**os.environ, "KEY": KEY, "BATCH": str(batch)}
     command = [
         "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
-        "-s", str(HERE / "wrk" / "alerts.lua"), url,
+        "-s", str(HERE / "support" / "alerts.lua"), url,
     ]  # fmt: skip
     out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60).stdout
     found = re.search(r"RESULT ok=(\d+) shed=(\d+) other=(\d+) seconds=([\d.]+) p50_ms=([\d.]+) p99_ms=([\d.]+)", out)
@@ -78,8 +78,8 @@ class Baseline:
     def __init__(self, app: str, dsn: str) -> None:
         self.port = free_port()
         command = [
-            sys.executable, "-m", "uvicorn", f"baseline_apps:{app}", "--app-dir", str(HERE), "--port", str(self.port),
-            "--loop", "uvloop", "--log-level", "warning", "--no-access-log",
+            sys.executable, "-m", "uvicorn", f"baseline_apps:{app}", "--app-dir", str(HERE / "support"),
+            "--port", str(self.port), "--loop", "uvloop", "--log-level", "warning", "--no-access-log",
         ]  # fmt: skip
         self.proc = subprocess.Popen(command, env={**os.environ, "BASELINE_DSN": dsn})
         self.url = f"http://127.0.0.1:{self.port}/v1/alerts"

@@ -1,7 +1,7 @@
 """The two baselines bench/intake.py measures intake against, on the same machine in the same run:
 `ceiling` only reads and parses the body and answers (what HTTP on this stack can do), and
 `one_upsert` also does one upsert per request on the same PostgreSQL (what a typical
-one-transaction-per-alert server can do). Run with uvicorn (`--app-dir bench`)."""
+one-transaction-per-alert server can do). Run with uvicorn (`--app-dir bench/support`)."""
 
 from __future__ import annotations
 
