@@ -7,10 +7,10 @@ from fastapi import FastAPI
 
 from opsledger.bus.consumer import ConsumerSpec
 from opsledger.clock import Clock
-from opsledger.events import Stream
-from opsledger.service import Runtime, create_app
+from opsledger.service import create_app
 from opsledger.timers import TimerHandler
-from sla.handlers import stage
+from sla.api import router
+from sla.runtime import SlaRuntime
 from sla.settings import Settings
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"  # shipped inside the package
@@ -19,18 +19,25 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"  # shipped inside th
 def build(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
     settings = settings or Settings()
 
-    def consumers(runtime: Runtime[Settings]) -> Sequence[ConsumerSpec]:
-        topics = [settings.topic(Stream.INCIDENTS)]
-        return [stage.consumer("incidents", topics, runtime.outbox, runtime.clock)]
+    def consumers(runtime: SlaRuntime) -> Sequence[ConsumerSpec]:
+        return [runtime.sla.consumer()]
 
-    def timers(runtime: Runtime[Settings]) -> dict[str, TimerHandler]:
-        return stage.timer_handlers(runtime.outbox, runtime.clock)
+    def timers(runtime: SlaRuntime) -> dict[str, TimerHandler]:
+        return runtime.sla.timer_handlers()
+
+    async def on_ready(runtime: SlaRuntime) -> None:
+        # The defaults become version 1 (and are announced) the first time the service starts.
+        async with runtime.unit_of_work() as uow:
+            await runtime.sla.seed_defaults(uow)
 
     return create_app(
         settings,
         title="OpsLedger sla",
         migrations_dir=MIGRATIONS,
+        routers=[router],
         consumers=consumers,
         timers=timers,
+        on_ready=on_ready,
         clock=clock,
+        runtime_type=SlaRuntime,
     )

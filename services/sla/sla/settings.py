@@ -1,5 +1,7 @@
 """Settings of the sla service (environment: OPSLEDGER_*)."""
 
+from pydantic import Field
+
 from opsledger.settings import ServiceSettings
 
 
@@ -7,3 +9,5 @@ class Settings(ServiceSettings):
     service_name: str = "sla"
     port: int = 8004
     database_url: str = "postgresql+asyncpg://opsledger@127.0.0.1:5432/opsledger_sla"
+    # A what-if replays at most this many incidents (the earliest logged in its window).
+    what_if_max_incidents: int = Field(default=5000, ge=1)
