@@ -1,0 +1,164 @@
+"""Pipeline benchmark on the platform `make up` runs: unique alerts posted to intake at a steady
+rate (50, 200, 500 alerts/s, 30 s each by default), then, per incident, the time from
+IncidentLogged to IncidentPrioritized (triage) and to IncidentAssigned (assignment), read from the
+events' `occurred_at` on the log; whether every stage kept up (consumer lag from each service's
+/metrics when the load stops, and how long the stages took to catch up); and each service's RSS.
+
+    make up && .venv/bin/python bench/pipeline.py [--rates 50,200,500] [--seconds 30]
+Reads the URLs, the demo integration key and Kafka's address from .local/opsledger.env. Every
+phase is bounded in count and time; load goes only to this machine's own services."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import statistics
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("triage", "assignment")
+
+
+def platform_env() -> dict[str, str]:
+    env_file = ROOT / ".local" / "opsledger.env"
+    if not env_file.exists():
+        print("bench/pipeline.py skipped: nothing is up (run `make up` first)")
+        raise SystemExit(0)
+    pairs = (line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line and line[0] != "#")
+    return {k: v for k, v in pairs}
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else float("nan")
+
+
+async def post_steadily(env: dict[str, str], run: str, rate: int, seconds: float) -> tuple[int, int]:
+    """Open loop: one alert every 1/rate s, whatever the answers' latency; (accepted, refused)."""
+    accepted = refused = 0
+    headers = {"Authorization": f"Bearer {env['OPSLEDGER_DEMO_INTEGRATION_KEY']}"}
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=env["OPSLEDGER_INTAKE_URL"], headers=headers, limits=limits) as client:
+
+        async def one(n: int) -> None:
+            nonlocal accepted, refused
+            body = {"dedup_key": f"{run}-{n}", "title": f"pipeline bench {n}", "severity": "high", "service": run}
+            try:
+                answer = await client.post("/v1/alerts", json=body, timeout=30)
+                ok = answer.status_code == 202
+            except httpx.HTTPError:
+                ok = False
+            accepted, refused = accepted + ok, refused + (not ok)
+
+        tasks = []
+        start = time.perf_counter()
+        for n in range(int(rate * seconds)):
+            delay = start + n / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(n)))
+        await asyncio.gather(*tasks)
+    return accepted, refused
+
+
+async def lag_of(env: dict[str, str], service: str) -> float:
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{env[f'OPSLEDGER_{service.upper()}_URL']}/metrics")).text
+    return sum(float(m) for m in re.findall(r"^opsledger_consumer_lag\{[^}]*\} ([0-9.e+]+)$", text, re.M))
+
+
+async def events_of(env: dict[str, str], run: str, expected: int, timeout: float) -> dict[str, dict[str, datetime]]:
+    """incident -> event type -> occurred_at, for the run's incidents, reading until every one has
+    been assigned (or the timeout)."""
+    topic = f"{env['OPSLEDGER_TOPIC_PREFIX']}.incidents"
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=env["OPSLEDGER_KAFKA_BOOTSTRAP"], enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    mine: set[str] = set()
+    seen: dict[str, dict[str, datetime]] = {}
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500, max_records=5000)).values():
+                for record in records:
+                    event = orjson.loads(record.value)
+                    incident = event.get("incident_id")
+                    if event["event_type"] == "IncidentLogged" and event["payload"].get("service") == run:
+                        mine.add(incident)
+                    if event["event_type"] in ("IncidentLogged", "IncidentPrioritized", "IncidentAssigned"):
+                        at = datetime.fromisoformat(event["occurred_at"])
+                        seen.setdefault(incident, {}).setdefault(event["event_type"], at)
+            done = [i for i in mine if "IncidentAssigned" in seen.get(i, {})]
+            if len(mine) >= expected and len(done) >= len(mine):
+                break
+    finally:
+        await consumer.stop()
+    return {i: seen[i] for i in mine}
+
+
+def rss_mb() -> dict[str, float]:
+    found = {}
+    for pidfile in sorted((ROOT / ".local" / "run").glob("*.pid")):
+        try:
+            status = Path(f"/proc/{pidfile.read_text().strip()}/status").read_text()
+        except OSError:
+            continue
+        kb = re.search(r"VmRSS:\s+(\d+)", status)
+        found[pidfile.stem] = int(kb.group(1)) / 1024 if kb else float("nan")
+    return found
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", default="50,200,500")
+    parser.add_argument("--seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    env = platform_env()
+    print(f"{'rate':>6} {'accepted':>9} {'refused':>8}  {'logged->prioritized p50/p99 ms':>31}  "
+          f"{'logged->assigned p50/p99 ms':>28}  {'lag at end':>14}  {'caught up':>9}")  # fmt: skip
+    for rate in (int(r) for r in args.rates.split(",")):
+        run = f"pipe{uuid.uuid4().hex[:8]}"
+        accepted, refused = await post_steadily(env, run, rate, args.seconds)
+        stopped = time.monotonic()
+        lags = {s: await lag_of(env, s) for s in STAGES}
+        events = await events_of(env, run, accepted, timeout=120)
+        caught_up = time.monotonic() - stopped
+        prioritized = [
+            (e["IncidentPrioritized"] - e["IncidentLogged"]).total_seconds() * 1000
+            for e in events.values()
+            if "IncidentPrioritized" in e and "IncidentLogged" in e
+        ]
+        assigned = [
+            (e["IncidentAssigned"] - e["IncidentLogged"]).total_seconds() * 1000
+            for e in events.values()
+            if "IncidentAssigned" in e and "IncidentLogged" in e
+        ]
+        lag = ", ".join(f"{s} {lags[s]:.0f}" for s in STAGES)
+        print(
+            f"{rate:>6} {accepted:>9} {refused:>8}  {statistics.median(prioritized or [0]):>14.0f} / "
+            f"{pct(prioritized, 99):>14.0f}  {statistics.median(assigned or [0]):>12.0f} / {pct(assigned, 99):>13.0f}"
+            f"  {lag:>14}  {caught_up:>8.1f}s"
+        )
+        if len(assigned) < accepted:
+            print(f"       only {len(assigned)} of {accepted} incidents were assigned within the time allowed")
+    print("RSS after the run (MB): " + ", ".join(f"{s} {mb:.0f}" for s, mb in rss_mb().items()))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
