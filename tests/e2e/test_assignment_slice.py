@@ -16,6 +16,8 @@ from opsledger.events import Stream
 from opsledger.testing import ServiceProcess, TestInfra, eventually, read_topic, session_tokens
 from opsledger.testing.helpers import envelopes
 
+from .platform import running_services
+
 pytestmark = pytest.mark.integration
 
 INTEGRATION_KEY = "e2e-assignment-key-0123456789"
@@ -28,29 +30,17 @@ ON_CALL = TOKENS.headers("demo-responder", "responder", name="Riley Responder")
 async def platform(
     infra: TestInfra, make_database: Callable[..., Any], topic_prefix: str, tmp_path: Path
 ) -> AsyncIterator[dict[str, ServiceProcess]]:
-    common = {
-        "OPSLEDGER_KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
-        "OPSLEDGER_TOPIC_PREFIX": topic_prefix,
-        "OPSLEDGER_TOPIC_PARTITIONS": "3",
-        **TOKENS.env(),
-        "OPSLEDGER_RELAY_POLL_SECONDS": "0.05",
-        "OPSLEDGER_DEMO": "1",
-    }
-    processes = {}
-    for name in ("intake", "triage", "assignment"):
-        env = {**common, "OPSLEDGER_DATABASE_URL": await make_database()}
-        if name == "intake":
-            env["OPSLEDGER_BOOTSTRAP_INTEGRATION_KEY"] = INTEGRATION_KEY
-        processes[name] = ServiceProcess(name, env, log_dir=tmp_path)
-    try:
-        for process in processes.values():
-            process.start()
-        for process in processes.values():
-            await process.wait_ready(timeout=90)
+    async with running_services(
+        ("intake", "triage", "assignment"),
+        infra=infra,
+        make_database=make_database,
+        topic_prefix=topic_prefix,
+        log_dir=tmp_path,
+        tokens=TOKENS,
+        integration_key=INTEGRATION_KEY,
+        extra_env={"OPSLEDGER_DEMO": "1"},
+    ) as processes:
         yield processes
-    finally:
-        for process in processes.values():
-            process.stop()
 
 
 async def test_the_first_alert_is_assigned_to_the_on_call_who_acknowledges_it(

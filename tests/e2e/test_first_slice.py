@@ -14,6 +14,8 @@ import pytest
 
 from opsledger.testing import ServiceProcess, TestInfra, eventually, session_tokens
 
+from .platform import running_services
+
 pytestmark = pytest.mark.integration
 
 INTEGRATION_KEY = "e2e-integration-key-0123456789"
@@ -71,29 +73,17 @@ PAGERDUTY = {
 async def platform(
     infra: TestInfra, make_database: Callable[..., Any], topic_prefix: str, tmp_path: Path
 ) -> AsyncIterator[dict[str, ServiceProcess]]:
-    common = {
-        "OPSLEDGER_KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
-        "OPSLEDGER_TOPIC_PREFIX": topic_prefix,
-        "OPSLEDGER_TOPIC_PARTITIONS": "3",
-        **TOKENS.env(),
-        "OPSLEDGER_RELAY_POLL_SECONDS": "0.05",
-        "OPSLEDGER_LOG_JSON": "true",
-    }
-    processes = {}
-    for name in ("intake", "triage", "reporting"):
-        env = {**common, "OPSLEDGER_DATABASE_URL": await make_database()}
-        if name == "intake":
-            env["OPSLEDGER_BOOTSTRAP_INTEGRATION_KEY"] = INTEGRATION_KEY
-        processes[name] = ServiceProcess(name, env, log_dir=tmp_path)
-    try:
-        for process in processes.values():
-            process.start()
-        for process in processes.values():
-            await process.wait_ready(timeout=90)
+    async with running_services(
+        ("intake", "triage", "reporting"),
+        infra=infra,
+        make_database=make_database,
+        topic_prefix=topic_prefix,
+        log_dir=tmp_path,
+        tokens=TOKENS,
+        integration_key=INTEGRATION_KEY,
+        extra_env={"OPSLEDGER_LOG_JSON": "true"},
+    ) as processes:
         yield processes
-    finally:
-        for process in processes.values():
-            process.stop()
 
 
 async def post_alerts(intake: httpx.AsyncClient) -> tuple[str, str]:
