@@ -45,9 +45,11 @@ async def test_service_starts_and_follows_the_incident_log(
         await producer.send_and_wait(settings.topic(Stream.INCIDENTS), logged.to_bytes(), key=logged.key)
         await producer.stop()
 
+        table = store.incidents if service == "resolution" else store.known_incidents  # what it knows of incidents
+
         async def seen() -> list[Any]:
             async with app.state.runtime.engine.connect() as conn:
-                return list((await conn.execute(sa.select(store.known_incidents))).all())
+                return list((await conn.execute(sa.select(table))).all())
 
         rows = await eventually(seen, what=f"{service} applied IncidentLogged")
-        assert [(r.incident_id, r.title) for r in rows] == [(logged.incident_id, "api 5xx")]
+        assert [r.incident_id for r in rows] == [logged.incident_id]

@@ -1,9 +1,51 @@
 """Settings of the resolution service (environment: OPSLEDGER_*)."""
 
+from datetime import timedelta
+
+from pydantic import Field
+
 from opsledger.settings import ServiceSettings
+from resolution.domain import Policy
 
 
 class Settings(ServiceSettings):
     service_name: str = "resolution"
     port: int = 8005
     database_url: str = "postgresql+asyncpg://opsledger@127.0.0.1:5432/opsledger_resolution"
+    # Sources whose alerts resolve their incident once every correlated alert resolved at the
+    # source (OPSLEDGER_AUTO_RESOLVE_SOURCES='["alertmanager"]').
+    auto_resolve_sources: list[str] = Field(default_factory=lambda: ["alertmanager", "pagerduty"])
+    # Per integration (its id, as intake issued it): true or false, winning over its source's default.
+    auto_resolve_integrations: dict[str, bool] = Field(default_factory=dict)
+    # A resolved incident closes by itself this long after resolution (durable timer).
+    auto_close_after_seconds: float = Field(default=7 * 86400, gt=0)
+    # A resolved incident may be reopened (by a person, or its alert firing again) this long after resolution.
+    reopen_window_seconds: float = Field(default=7 * 86400, gt=0)
+    # Priorities whose incidents need an approved post-incident review before closure.
+    review_required_priorities: list[str] = Field(default_factory=lambda: ["P1", "P2"])
+    # Webhook targets: hosts allowed ("hooks.slack.com", ".example.com" for its subdomains); empty: any.
+    webhook_allowed_hosts: list[str] = Field(default_factory=list)
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Attempts per delivery in all; the waits between them double from the base up to the maximum (jittered).
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_retry_base_seconds: float = Field(default=10.0, gt=0)
+    webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    # Email subscriptions: the SMTP server (none: email subscriptions are refused).
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_from: str = "OpsLedger <opsledger@localhost>"
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+    # A link to the incident in notifications, e.g. "https://ops.example.com/incidents/{incident_id}".
+    incident_link_template: str | None = None
+
+    def policy(self) -> Policy:
+        return Policy(
+            auto_resolve_sources=frozenset(self.auto_resolve_sources),
+            auto_resolve_integrations=dict(self.auto_resolve_integrations),
+            auto_close_after=timedelta(seconds=self.auto_close_after_seconds),
+            reopen_window=timedelta(seconds=self.reopen_window_seconds),
+            review_required=frozenset(self.review_required_priorities),
+        )

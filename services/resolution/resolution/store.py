@@ -3,50 +3,243 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from opsledger.uow import UnitOfWork
-from resolution.domain import Incident
+from resolution.domain import Incident, from_json, to_json
 
 metadata = sa.MetaData()
 
-# The incidents this service has heard of; the stage's own state grows from here.
-known_incidents = sa.Table(
-    "known_incidents",
+# What the service knows of each incident: the whole state as JSON (domain.Incident), and the
+# columns an operator filters on beside it.
+incidents = sa.Table(
+    "resolution_incidents",
     metadata,
     sa.Column("incident_id", pg.UUID(as_uuid=True), primary_key=True),
-    sa.Column("logged_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("priority", sa.Text),
+    sa.Column("resolved_at", sa.DateTime(timezone=True)),
+    sa.Column("closed_at", sa.DateTime(timezone=True)),
+    sa.Column("state", pg.JSONB, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_resolution_incidents_status", "status"),
+)
+
+# Subscriptions in force: the definition as announced (SubscriptionChanged), and the signing
+# secrets, which never travel on the log (the previous one stays valid while it is rotated out).
+subscriptions = sa.Table(
+    "subscriptions",
+    metadata,
+    sa.Column("subscription_id", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("definition", pg.JSONB, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("secret", sa.Text, nullable=False),
+    sa.Column("previous_secret", sa.Text),
+    sa.Column("changed_by", sa.Text, nullable=False),
+    sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# One row per event and subscription (the idempotency key): what is sent, and how it went.
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("subscription_id", sa.Text, primary_key=True),
+    sa.Column("event_id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("idempotency_key", sa.Text, nullable=False),
+    sa.Column("event_type", sa.Text, nullable=False),
+    sa.Column("incident_id", pg.UUID(as_uuid=True)),
+    sa.Column("channel", sa.Text, nullable=False),  # webhook | slack_webhook | email
+    sa.Column("target", sa.Text, nullable=False),  # the URL, or the email address
+    sa.Column("body", pg.JSONB, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),  # pending | delivered | failed
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True)),
+    sa.Column("delivered_at", sa.DateTime(timezone=True)),
+)
+
+delivery_attempts = sa.Table(
+    "delivery_attempts",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("subscription_id", sa.Text, nullable=False),
+    sa.Column("event_id", pg.UUID(as_uuid=True), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("status_code", sa.Integer),
+    sa.Column("error", sa.Text),
+    sa.Column("duration_ms", sa.Float, nullable=False),
+    sa.Index("ix_delivery_attempts_delivery", "subscription_id", "event_id"),
 )
 
 
 async def load(uow: UnitOfWork, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Incident]:
     """The incidents among `ids` this service knows, locked (in id order) for the transaction."""
+    if not ids:
+        return {}
     query = (
-        sa.select(known_incidents)
-        .where(known_incidents.c.incident_id.in_(ids))
-        .order_by(known_incidents.c.incident_id)
+        sa.select(incidents.c.incident_id, incidents.c.state)
+        .where(incidents.c.incident_id.in_(ids))
+        .order_by(incidents.c.incident_id)
         .with_for_update()
     )
-    return {row.incident_id: Incident(row.logged_at, row.title) for row in await uow.session.execute(query)}
+    return {row.incident_id: from_json(row.state) for row in await uow.session.execute(query)}
+
+
+async def load_one(session: AsyncSession, incident_id: uuid.UUID) -> Incident | None:
+    """One incident, for reading (no lock)."""
+    value = await session.scalar(sa.select(incidents.c.state).where(incidents.c.incident_id == incident_id))
+    return None if value is None else from_json(value)
 
 
 async def save(uow: UnitOfWork, changed: dict[uuid.UUID, Incident]) -> None:
     """Write the incidents a unit of work changed, in one statement."""
     if not changed:
         return
-    stmt = pg_insert(known_incidents)
+    rows = [
+        {
+            "incident_id": incident_id,
+            "status": state.status.value,
+            "priority": state.priority,
+            "resolved_at": state.resolution.at if state.resolution is not None else None,
+            "closed_at": state.closed_at,
+            "state": to_json(state),
+            "updated_at": uow.now,
+        }
+        for incident_id, state in changed.items()
+    ]
+    stmt = pg_insert(incidents)
+    columns = ("status", "priority", "resolved_at", "closed_at", "state", "updated_at")
     await uow.session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["incident_id"], set_={"logged_at": stmt.excluded.logged_at, "title": stmt.excluded.title}
-        ),
-        [{"incident_id": k, "logged_at": v.logged_at, "title": v.title} for k, v in changed.items()],
+        stmt.on_conflict_do_update(index_elements=["incident_id"], set_={c: stmt.excluded[c] for c in columns}),
+        rows,
     )
 
 
-async def no_context(uow: UnitOfWork) -> None:
-    """Decisions here need no configuration yet."""
+# --------------------------------------------------------------------------- subscriptions
+
+
+async def lock_subscriptions(session: AsyncSession) -> None:
+    """Serialise subscription changes (two admins saving one subscription get consecutive versions)."""
+    await session.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('resolution.subscriptions'))"))
+
+
+async def subscription_rows(session: AsyncSession, ids: Collection[str] | None = None) -> list[Any]:
+    query = sa.select(subscriptions).order_by(subscriptions.c.subscription_id)
+    if ids is not None:
+        query = query.where(subscriptions.c.subscription_id.in_(ids))
+    return list(await session.execute(query))
+
+
+async def enabled_subscriptions(session: AsyncSession) -> list[dict[str, Any]]:
+    query = sa.select(subscriptions.c.definition).where(subscriptions.c.enabled)
+    return list((await session.execute(query)).scalars())
+
+
+async def save_subscription(session: AsyncSession, row: dict[str, Any]) -> None:
+    stmt = pg_insert(subscriptions)
+    columns = [c.name for c in subscriptions.c if c.name != "subscription_id"]
+    await session.execute(
+        stmt.on_conflict_do_update(index_elements=["subscription_id"], set_={c: stmt.excluded[c] for c in columns}),
+        [row],
+    )
+
+
+async def delete_subscription(session: AsyncSession, subscription_id: str) -> None:
+    await session.execute(sa.delete(subscriptions).where(subscriptions.c.subscription_id == subscription_id))
+
+
+async def add_deliveries(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> list[tuple[str, uuid.UUID]]:
+    """Insert deliveries not known yet (a redelivered event adds none); returns the new ones' keys."""
+    if not rows:
+        return []
+    stmt = (
+        pg_insert(deliveries)
+        .on_conflict_do_nothing(index_elements=["subscription_id", "event_id"])
+        .returning(deliveries.c.subscription_id, deliveries.c.event_id)
+    )
+    # SQLAlchemy 2 sends the rows as one INSERT ... VALUES ..., ... RETURNING ("insertmanyvalues").
+    return [(r.subscription_id, r.event_id) for r in await session.execute(stmt, list(rows))]
+
+
+async def pending_deliveries(session: AsyncSession, keys: Collection[tuple[str, uuid.UUID]]) -> list[Any]:
+    """The deliveries among `keys` still pending, with their subscription's target and secrets (locked)."""
+    if not keys:
+        return []
+    query = (
+        sa.select(deliveries, subscriptions.c.secret, subscriptions.c.previous_secret, subscriptions.c.enabled)
+        .join(subscriptions, subscriptions.c.subscription_id == deliveries.c.subscription_id, isouter=True)
+        .where(sa.tuple_(deliveries.c.subscription_id, deliveries.c.event_id).in_(list(keys)))
+        .where(deliveries.c.status == "pending")
+        .with_for_update(of=deliveries)
+    )
+    return list(await session.execute(query))
+
+
+async def record_attempt(
+    session: AsyncSession,
+    subscription_id: str,
+    event_id: uuid.UUID,
+    *,
+    attempt: int,
+    at: datetime,
+    status_code: int | None,
+    error: str | None,
+    duration_ms: float,
+    status: str,
+    next_attempt_at: datetime | None,
+) -> None:
+    await session.execute(
+        sa.insert(delivery_attempts).values(
+            subscription_id=subscription_id,
+            event_id=event_id,
+            attempt=attempt,
+            at=at,
+            status_code=status_code,
+            error=error,
+            duration_ms=duration_ms,
+        )
+    )
+    await session.execute(
+        sa.update(deliveries)
+        .where(deliveries.c.subscription_id == subscription_id, deliveries.c.event_id == event_id)
+        .values(
+            status=status,
+            attempts=attempt,
+            next_attempt_at=next_attempt_at,
+            delivered_at=at if status == "delivered" else None,
+        )
+    )
+
+
+async def deliveries_of(session: AsyncSession, subscription_id: str, limit: int) -> list[tuple[Any, list[Any]]]:
+    """The subscription's latest deliveries, each with its attempts (oldest first)."""
+    rows = list(
+        await session.execute(
+            sa.select(deliveries)
+            .where(deliveries.c.subscription_id == subscription_id)
+            .order_by(deliveries.c.created_at.desc(), deliveries.c.event_id)
+            .limit(limit)
+        )
+    )
+    if not rows:
+        return []
+    attempts = list(
+        await session.execute(
+            sa.select(delivery_attempts)
+            .where(
+                delivery_attempts.c.subscription_id == subscription_id,
+                delivery_attempts.c.event_id.in_([r.event_id for r in rows]),
+            )
+            .order_by(delivery_attempts.c.id)
+        )
+    )
+    return [(r, [a for a in attempts if a.event_id == r.event_id]) for r in rows]

@@ -1,0 +1,193 @@
+"""Outbound notifications (webhooks and email): deliveries are staged with the consumed event (one
+per event and matching subscription, in the consumer's transaction) and sent by a durable timer
+each, so retries with backoff survive restarts. Every attempt is recorded. An attempt is made inside
+the timer runner's transaction: the delivery's outcome and the timer's removal commit together, so
+a crash after a receiver answered repeats that one attempt with the same idempotency key, never more."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import smtplib
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from email.utils import formatdate
+from typing import Any
+
+import httpx
+import orjson
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from opsledger import timers
+from opsledger.bus.consumer import Delivery
+from opsledger.clock import Clock
+from opsledger.events.resolution import ChannelKind, SubscriptionChanged
+from opsledger.timers import FiredTimer, Timer
+from opsledger.uow import UnitOfWork
+from resolution import notify, store
+from resolution.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Webhooks:
+    """Stages deliveries for consumed events and sends them when their timers fire."""
+
+    def __init__(self, settings: Settings, clock: Clock) -> None:
+        self.settings, self.clock = settings, clock
+        self.retry = notify.RetryPolicy(
+            max_attempts=settings.webhook_max_attempts,
+            base=timedelta(seconds=settings.webhook_retry_base_seconds),
+            cap=timedelta(seconds=settings.webhook_retry_max_seconds),
+        )
+
+    async def stage(self, uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
+        """A delivery (and its timer, due now) per event and matching enabled subscription."""
+        events = [
+            d.envelope
+            for d in deliveries
+            if d.envelope.event_type in notify.NOTIFY_TYPES and d.envelope.incident_id is not None
+        ]
+        if not events:
+            return
+        subscriptions = [SubscriptionChanged.model_validate(s) for s in await store.enabled_subscriptions(uow.session)]
+        if not subscriptions:
+            return
+        # The stage saved this batch's states in the same transaction: filters see them.
+        states = await store.load(uow, {e.incident_id for e in events if e.incident_id is not None})
+        rows = []
+        for event in events:
+            incident = states.get(event.incident_id) if event.incident_id is not None else None
+            for sub in subscriptions:
+                if not notify.matches(sub, event, incident):
+                    continue
+                key = notify.idempotency_key(event.event_id, sub.subscription_id)
+                if sub.channel is ChannelKind.EMAIL:
+                    template = self.settings.incident_link_template
+                    link = template.format(incident_id=event.incident_id) if template else None
+                    content = notify.email(event, incident, link)
+                else:
+                    content = notify.body(sub, event, incident, key)
+                rows.append(
+                    {
+                        "subscription_id": sub.subscription_id,
+                        "event_id": event.event_id,
+                        "idempotency_key": key,
+                        "event_type": event.event_type,
+                        "incident_id": event.incident_id,
+                        "channel": str(sub.channel),
+                        "target": notify.recipient(sub, incident),
+                        "body": content,
+                        "status": "pending",
+                        "attempts": 0,
+                        "created_at": uow.now,
+                        "next_attempt_at": uow.now,
+                    }
+                )
+        for subscription_id, event_id in await store.add_deliveries(uow.session, rows):
+            data = {"subscription_id": subscription_id, "event_id": str(event_id)}
+            uow.schedule_later(Timer(notify.timer_key(event_id, subscription_id), uow.now, data))
+
+    async def fire(self, session: AsyncSession, fired: list[FiredTimer]) -> None:
+        """Send the due deliveries concurrently (a slow receiver costs at most the timeout), record
+        every attempt, and schedule the next one with backoff, or give up after the last."""
+        keys = {(str(t.data["subscription_id"]), uuid.UUID(str(t.data["event_id"]))) for t in fired}
+        rows = await store.pending_deliveries(session, keys)
+        now = self.clock.now()
+        async with httpx.AsyncClient(timeout=self.settings.webhook_timeout_seconds, follow_redirects=False) as client:
+            results = await asyncio.gather(*(self._send(client, row, now) for row in rows))
+        later = []
+        for row, (status_code, error, duration_ms) in zip(rows, results, strict=True):
+            attempt = row.attempts + 1
+            next_at: datetime | None = None
+            if error is None:
+                status = "delivered"
+            else:
+                delay = self.retry.delay(attempt) if row.enabled else None
+                status = "pending" if delay is not None else "failed"
+                if delay is not None:
+                    next_at = now + delay
+                    data = {"subscription_id": row.subscription_id, "event_id": str(row.event_id)}
+                    later.append(Timer(notify.timer_key(row.event_id, row.subscription_id), next_at, data))
+                log.warning(
+                    "webhook %s for %s attempt %d: %s (%s)",
+                    row.idempotency_key,
+                    row.subscription_id,
+                    attempt,
+                    error,
+                    f"next at {next_at.isoformat()}" if next_at else "giving up",
+                )
+            await store.record_attempt(
+                session,
+                row.subscription_id,
+                row.event_id,
+                attempt=attempt,
+                at=now,
+                status_code=status_code,
+                error=error,
+                duration_ms=duration_ms,
+                status=status,
+                next_attempt_at=next_at,
+            )
+        await timers.schedule_many(session, later)
+
+    async def _send(self, client: httpx.AsyncClient, row: Any, now: datetime) -> tuple[int | None, str | None, float]:
+        """One attempt: (status code, error or None when delivered, duration in ms)."""
+        if row.secret is None or not row.enabled:
+            return None, "the subscription was deleted or disabled", 0.0
+        if row.channel == ChannelKind.EMAIL:
+            return await self._mail(row, now)
+        raw = orjson.dumps(row.body)
+        stamp = int(now.timestamp())
+        secrets = [row.secret] + ([row.previous_secret] if row.previous_secret else [])
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "OpsLedger-Webhooks/1",
+            notify.IDEMPOTENCY_HEADER: row.idempotency_key,
+            notify.TIMESTAMP_HEADER: str(stamp),
+            notify.SIGNATURE_HEADER: notify.signature(secrets, stamp, raw),
+            "X-OpsLedger-Event-Type": row.event_type,
+        }
+        started = time.perf_counter()
+        try:
+            response = await client.post(row.target, content=raw, headers=headers)
+        except httpx.HTTPError as exc:
+            return None, f"{type(exc).__name__}: {exc}"[:2000], (time.perf_counter() - started) * 1000
+        elapsed = (time.perf_counter() - started) * 1000
+        if 200 <= response.status_code < 300:
+            return response.status_code, None, elapsed
+        return response.status_code, f"the receiver answered {response.status_code}", elapsed
+
+    async def _mail(self, row: Any, now: datetime) -> tuple[int | None, str | None, float]:
+        """One email attempt over SMTP (smtplib, in a worker thread: the event loop never blocks)."""
+        s = self.settings
+        if s.smtp_host is None:
+            return None, "no SMTP server is configured (OPSLEDGER_SMTP_HOST)", 0.0
+        message = EmailMessage()
+        message["From"] = s.smtp_from
+        message["To"] = row.target
+        message["Subject"] = row.body["subject"]
+        message["Date"] = formatdate(now.timestamp(), usegmt=True)
+        # The same Message-ID on every attempt: mail systems drop a repeat as a duplicate.
+        message["Message-ID"] = f"<{row.idempotency_key}@opsledger>"
+        message[notify.IDEMPOTENCY_HEADER] = row.idempotency_key
+        message["X-OpsLedger-Event-Type"] = row.event_type
+        message.set_content(row.body["text"])
+
+        def send() -> None:
+            with smtplib.SMTP(s.smtp_host or "", s.smtp_port, timeout=s.smtp_timeout_seconds) as smtp:
+                if s.smtp_starttls:
+                    smtp.starttls()
+                if s.smtp_username:
+                    smtp.login(s.smtp_username, s.smtp_password or "")
+                smtp.send_message(message)
+
+        started = time.perf_counter()
+        try:
+            await asyncio.to_thread(send)
+        except (OSError, smtplib.SMTPException) as exc:
+            return None, f"{type(exc).__name__}: {exc}"[:2000], (time.perf_counter() - started) * 1000
+        return 250, None, (time.perf_counter() - started) * 1000

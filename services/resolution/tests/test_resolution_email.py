@@ -1,0 +1,182 @@
+"""Email notifications against the real Kafka and PostgreSQL and a local SMTP server started by the
+test: an assignee-only subscription pages the incident's assignee on IncidentAssigned, naming the
+incident, its priority and title, why this person was chosen, and a link."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email
+import email.policy
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from opsledger.clock import ManualClock
+from opsledger.events import EventPayload, Stream, new_event
+from opsledger.events.assignment import IncidentAssigned
+from opsledger.events.common import PersonRef
+from opsledger.events.intake import IncidentLogged
+from opsledger.events.triage import IncidentPrioritized, PriorityInputs
+from opsledger.testing import TestInfra, eventually, running_app, session_tokens
+from resolution.app import build
+from resolution.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+TOKENS = session_tokens()
+MANAGER = TOKENS.headers("mia", "manager")
+T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+
+
+@dataclass
+class MailSink:
+    """The smallest SMTP server that accepts mail (RFC 5321's happy path), keeping each message."""
+
+    port: int = 0
+    messages: list[tuple[list[str], EmailMessage]] = field(default_factory=list)
+
+    async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        recipients: list[str] = []
+
+        async def reply(line: str) -> None:
+            writer.write(f"{line}\r\n".encode())
+            await writer.drain()
+
+        await reply("220 sink ESMTP")
+        try:
+            while line := (await reader.readline()).decode().rstrip("\r\n"):
+                verb = line.split(" ", 1)[0].upper()
+                if verb == "EHLO":
+                    await reply("250-sink")
+                    await reply("250 8BITMIME")
+                elif verb == "HELO" or verb == "MAIL" or verb == "NOOP" or verb == "RSET":
+                    recipients = [] if verb in ("MAIL", "RSET") else recipients
+                    await reply("250 ok")
+                elif verb == "RCPT":
+                    recipients.append(line.split(":", 1)[1].strip().strip("<>"))
+                    await reply("250 ok")
+                elif verb == "DATA":
+                    await reply("354 go on")
+                    data = await reader.readuntil(b"\r\n.\r\n")
+                    raw = data[: -len(b"\r\n.\r\n")].replace(b"\r\n..", b"\r\n.")
+                    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+                    assert isinstance(parsed, EmailMessage)
+                    self.messages.append((recipients, parsed))
+                    await reply("250 queued")
+                elif verb == "QUIT":
+                    await reply("221 bye")
+                    break
+                else:
+                    await reply("502 not implemented")
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[MailSink]:
+    s = MailSink()
+    server = await asyncio.start_server(s.session, "127.0.0.1", 0)
+    s.port = server.sockets[0].getsockname()[1]
+    yield s
+    server.close()
+    with contextlib.suppress(Exception):
+        await server.wait_closed()
+
+
+@pytest.fixture
+async def settings(
+    infra: TestInfra,
+    make_database: Callable[..., Any],
+    topic_prefix: str,
+    topics_ready: Callable[..., Any],
+    sink: MailSink,
+) -> Settings:
+    settings = Settings(
+        database_url=await make_database(),
+        kafka_bootstrap=infra.kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        topic_partitions=2,
+        relay_poll_seconds=0.05,
+        log_json=False,
+        smtp_host="127.0.0.1",
+        smtp_port=sink.port,
+        incident_link_template="http://reporting.local/v1/incidents/{incident_id}",
+        **TOKENS.settings(),
+    )
+    await topics_ready(settings)
+    return settings
+
+
+async def test_the_assignee_is_paged_by_email(settings: Settings, sink: MailSink) -> None:
+    async with running_app(build(settings, ManualClock(T0))) as client:
+        bad = await client.post(
+            "/v1/subscriptions", json={"channel": "email", "target": "not-an-address"}, headers=MANAGER
+        )
+        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "body.target"
+        webhook_only = {"channel": "webhook", "target": "https://x.example/h", "filters": {"assignee_only": True}}
+        refused = await client.post("/v1/subscriptions", json=webhook_only, headers=MANAGER)
+        assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "body.filters.assignee_only"
+        body = {
+            "name": "page the assignee",
+            "channel": "email",
+            "target": "dba-team@example.com",
+            "filters": {"event_types": ["IncidentAssigned", "IncidentEscalated"], "assignee_only": True},
+        }
+        created = await client.post("/v1/subscriptions", json=body, headers=MANAGER)
+        assert created.status_code == 201, created.text
+
+        incident_id = uuid.uuid4()
+        bob = PersonRef(sub="bob", name="Bob Oncall", email="bob@example.com")
+        await publish(
+            settings,
+            incident_id,
+            IncidentLogged(
+                source="alertmanager",
+                occurred_at=T0,
+                received_at=T0,
+                title="db-1 disk 95% full",
+                severity="critical",  # type: ignore[arg-type]
+                dedup_key=f"disk-{incident_id}",
+            ),
+            IncidentPrioritized(
+                priority="P1", major=True, inputs=PriorityInputs(impact=1, urgency=1), matrix_version=1
+            ),
+            IncidentAssigned(team_id="dba", assignee=bob, reason="on call in DBA primary until 17:00 UTC"),
+        )
+
+        async def paged() -> bool:
+            return len(sink.messages) >= 1
+
+        await eventually(paged, timeout=60, what="the page emailed")
+        (recipients, message), *others = sink.messages
+        assert not others and recipients == ["bob@example.com"]
+        assert message["To"] == "bob@example.com"
+        assert message["Subject"] == "[P1] db-1 disk 95% full: IncidentAssigned"
+        text = message.get_content()
+        for expected in (
+            f"Incident {incident_id}",
+            "Priority: P1",
+            "Title: db-1 disk 95% full",
+            "Why you: on call in DBA primary until 17:00 UTC",
+            f"Open it: http://reporting.local/v1/incidents/{incident_id}",
+        ):
+            assert expected in text, expected
+        assert message["Message-ID"] == f"<{message['Idempotency-Key']}@opsledger>"
+
+
+async def publish(settings: Settings, incident_id: uuid.UUID, *payloads: EventPayload) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        for p in payloads:
+            e = new_event(p, producer="test", actor="system:test", incident_id=incident_id, occurred_at=T0)
+            await producer.send_and_wait(settings.topic(Stream.INCIDENTS), e.to_bytes(), key=e.key)
+    finally:
+        await producer.stop()

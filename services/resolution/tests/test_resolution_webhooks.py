@@ -1,0 +1,270 @@
+"""Webhook delivery against the real Kafka and PostgreSQL and a local receiver: a subscription
+created over HTTP (announced without its secret), signed deliveries, retries with backoff moved by a
+ManualClock after the receiver fails, one idempotency key across attempts, every attempt visible by
+API; refusals of bad subscriptions; and a SIGKILL of the service process while a delivery is in
+flight, which repeats only that attempt, under the same key."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from opsledger.clock import ManualClock
+from opsledger.events import Envelope, EventPayload, Stream, new_event
+from opsledger.events.assignment import IncidentAssigned
+from opsledger.events.common import PersonRef
+from opsledger.events.intake import IncidentLogged
+from opsledger.testing import ServiceProcess, TestInfra, eventually, read_topic, running_app, session_tokens
+from opsledger.testing.helpers import envelopes, free_port
+from resolution import notify
+from resolution.app import build
+from resolution.runtime import ResolutionRuntime
+from resolution.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+TOKENS = session_tokens()
+MANAGER = TOKENS.headers("mia", "manager")
+RESPONDER = TOKENS.headers("alice", "responder")
+T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+SECRET = "test-secret-0123456789abcdef"
+
+
+@dataclass
+class Receiver:
+    """A local webhook receiver that fails its first `failures` requests with 503; with `hold_first`
+    its first request gets no answer until `release` is set."""
+
+    failures: int = 0
+    hold_first: bool = False
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    url: str = ""
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def hook(self, request: Request) -> Response:
+        self.received.append((dict(request.headers), await request.body()))
+        if self.hold_first and len(self.received) == 1:
+            await self.release.wait()
+        return Response(status_code=503 if len(self.received) <= self.failures else 204)
+
+
+@pytest.fixture
+async def receiver(request: pytest.FixtureRequest) -> AsyncIterator[Receiver]:
+    r = Receiver(**getattr(request, "param", {"failures": 2}))
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(Starlette(routes=[Route("/hook", r.hook, methods=["POST"])]), port=port, log_level="warning")
+    )
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: _started(server), timeout=30, what="receiver started")
+    r.url = f"http://127.0.0.1:{port}/hook"
+    yield r
+    r.release.set()
+    server.should_exit = True
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _started(server: uvicorn.Server) -> bool:
+    return server.started
+
+
+@pytest.fixture
+async def settings(
+    infra: TestInfra, make_database: Callable[..., Any], topic_prefix: str, topics_ready: Callable[..., Any]
+) -> Settings:
+    settings = Settings(
+        database_url=await make_database(),
+        kafka_bootstrap=infra.kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        topic_partitions=2,
+        relay_poll_seconds=0.05,
+        log_json=False,
+        webhook_allowed_hosts=["127.0.0.1"],
+        webhook_retry_base_seconds=60,
+        **TOKENS.settings(),
+    )
+    await topics_ready(settings)
+    return settings
+
+
+async def test_deliveries_are_signed_retried_with_one_key_and_recorded(settings: Settings, receiver: Receiver) -> None:
+    clock = ManualClock(T0)
+    app: FastAPI = build(settings, clock)
+    async with running_app(app) as client:
+        refused = await client.post(
+            "/v1/subscriptions", json={"channel": "webhook", "target": "https://evil.test/x"}, headers=MANAGER
+        )
+        assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "body.target"
+        email = await client.post(
+            "/v1/subscriptions", json={"channel": "email", "target": "a@example.com"}, headers=MANAGER
+        )
+        assert email.status_code == 422 and email.json()["errors"][0]["field"] == "body.channel"
+        assert (await client.post("/v1/subscriptions", json={}, headers=RESPONDER)).status_code == 403
+
+        body = {
+            "name": "dba pager",
+            "channel": "webhook",
+            "target": receiver.url,
+            "filters": {"event_types": ["IncidentAssigned", "IncidentStatusUpdated"], "teams": ["dba"]},
+            "secret": SECRET,
+        }
+        created = await client.post("/v1/subscriptions", json=body, headers=MANAGER)
+        assert created.status_code == 201, created.text
+        sub_id = created.json()["subscription_id"]
+        assert created.json()["secret"] == SECRET and created.json()["version"] == 1
+
+        incident_id = uuid.uuid4()
+        await publish(
+            settings,
+            incident_id,
+            IncidentLogged(
+                source="manual",
+                occurred_at=T0,
+                received_at=T0,
+                title="checkout blank",
+                severity="high",  # type: ignore[arg-type]
+                dedup_key=f"r-{incident_id}",
+            ),
+            IncidentAssigned(team_id="dba", assignee=PersonRef(sub="bob"), reason="on call"),
+        )
+        # The first attempt goes out at once and fails; each retry waits for its (manual) time.
+        runtime = app.state.runtime
+        assert isinstance(runtime, ResolutionRuntime) and runtime.timers is not None
+        for expected in (1, 2, 3):
+            if expected > 1:
+                clock.advance(timedelta(hours=2))
+                await runtime.timers.run_due(clock.now())
+            await eventually(lambda n=expected: _count(receiver, n), timeout=60, what=f"{expected} request(s)")
+
+        keys = {headers["idempotency-key"] for headers, _ in receiver.received}
+        assert len(keys) == 1
+        for headers, raw in receiver.received:
+            assert notify.verify(SECRET, headers["x-opsledger-signature"], raw)
+            assert headers["x-opsledger-event-type"] == "IncidentAssigned"
+        headers, raw = receiver.received[-1]
+        delivered = httpx.Response(200, content=raw).json()
+        assert delivered["event"]["event_type"] == "IncidentAssigned" and delivered["incident"]["team"] == "dba"
+        assert delivered["id"] == keys.pop()
+
+        async def recorded() -> list[dict[str, Any]]:
+            answer = await client.get(f"/v1/subscriptions/{sub_id}/deliveries", headers=MANAGER)
+            deliveries: list[dict[str, Any]] = answer.json()["deliveries"]
+            return deliveries if deliveries and deliveries[0]["status"] == "delivered" else []
+
+        (delivery,) = await eventually(recorded, timeout=60, what="delivery recorded as delivered")
+        assert [a["status_code"] for a in delivery["attempts"]] == [503, 503, 204]
+        assert delivery["attempts"][0]["error"] == "the receiver answered 503"
+
+        # This service's own event reaches the subscription too (the receiver is fine now).
+        update = await client.post(
+            f"/v1/incidents/{incident_id}/updates",
+            json={"audience": "stakeholders", "message": "checkout restored"},
+            headers=RESPONDER,
+        )
+        assert update.status_code == 201, update.text
+        await eventually(lambda: _count(receiver, 4), timeout=60, what="the status update delivered")
+        assert receiver.received[-1][0]["x-opsledger-event-type"] == "IncidentStatusUpdated"
+
+        # Rotating the secret: both sign until the next rotation.
+        rotated = await client.put(
+            f"/v1/subscriptions/{sub_id}", json={**body, "secret": None, "rotate_secret": True}, headers=MANAGER
+        )
+        assert rotated.status_code == 200 and rotated.json()["rotating"] is True and rotated.json()["version"] == 2
+        assert rotated.json()["secret"] not in (None, SECRET)
+
+        async def announced() -> list[Envelope]:
+            config = envelopes(await read_topic(settings.kafka_bootstrap, settings.topic(Stream.CONFIG)))
+            found = [e for e in config if e.event_type == "SubscriptionChanged"]
+            return found if len(found) == 2 else []
+
+        changes = await eventually(announced, timeout=60, what="both subscription versions announced")
+        assert [e.payload["version"] for e in changes] == [1, 2] and all("secret" not in e.payload for e in changes)
+        assert changes[0].actor == "user:mia" and changes[0].subject == f"resolution.subscriptions.{sub_id}"
+
+
+@pytest.mark.parametrize("receiver", [{"hold_first": True}], indirect=True)
+async def test_a_sigkill_during_a_delivery_repeats_only_that_attempt_under_its_key(
+    settings: Settings, receiver: Receiver, tmp_path: Any
+) -> None:
+    env = {
+        **TOKENS.env(),
+        "OPSLEDGER_DATABASE_URL": settings.database_url,
+        "OPSLEDGER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "OPSLEDGER_TOPIC_PREFIX": settings.topic_prefix,
+        "OPSLEDGER_TOPIC_PARTITIONS": str(settings.topic_partitions),
+        "OPSLEDGER_RELAY_POLL_SECONDS": "0.05",
+        "OPSLEDGER_LOG_JSON": "false",
+        "OPSLEDGER_WEBHOOK_ALLOWED_HOSTS": '["127.0.0.1"]',
+        "OPSLEDGER_WEBHOOK_TIMEOUT_SECONDS": "120",  # the held request stays in flight until the kill
+    }
+    service = ServiceProcess("resolution", env, log_dir=tmp_path)
+    service.start()
+    try:
+        await service.wait_ready(timeout=90)
+        async with httpx.AsyncClient(base_url=service.url) as client:
+            body = {"channel": "webhook", "target": receiver.url, "secret": SECRET}
+            created = await client.post("/v1/subscriptions", json=body, headers=MANAGER)
+            assert created.status_code == 201, created.text
+            sub_id = created.json()["subscription_id"]
+        incident_id = uuid.uuid4()
+        first, second = (
+            IncidentAssigned(team_id="dba", assignee=PersonRef(sub=who), reason="on call") for who in ("bob", "eve")
+        )
+        await publish(settings, incident_id, first)
+        await eventually(lambda: _count(receiver, 1), timeout=60, what="the first request in flight")
+        service.kill()  # SIGKILL while the receiver holds the request: the attempt never committed
+
+        service = ServiceProcess("resolution", env, log_dir=tmp_path)
+        service.start()
+        await service.wait_ready(timeout=90)
+        await eventually(lambda: _count(receiver, 2), timeout=60, what="the attempt repeated after the restart")
+        await publish(settings, incident_id, second)
+        await eventually(lambda: _count(receiver, 3), timeout=60, what="the next event delivered")
+
+        keys = [headers["idempotency-key"] for headers, _ in receiver.received]
+        assert keys[0] == keys[1] != keys[2], "only the attempt in flight was repeated, under its key"
+        assert all(notify.verify(SECRET, h["x-opsledger-signature"], raw) for h, raw in receiver.received)
+        async with httpx.AsyncClient(base_url=service.url) as client:
+
+            async def delivered() -> list[dict[str, Any]]:
+                answer = await client.get(f"/v1/subscriptions/{sub_id}/deliveries", headers=MANAGER)
+                found: list[dict[str, Any]] = answer.json()["deliveries"]
+                return found if len(found) == 2 and all(d["status"] == "delivered" for d in found) else []
+
+            deliveries = await eventually(delivered, timeout=60, what="both deliveries recorded")
+        assert sorted(d["idempotency_key"] for d in deliveries) == sorted({keys[0], keys[2]})
+        assert [len(d["attempts"]) for d in deliveries] == [1, 1], "the killed attempt left no record"
+    finally:
+        service.kill()
+
+
+async def _count(receiver: Receiver, n: int) -> bool:
+    assert len(receiver.received) <= n, f"more requests than expected: {len(receiver.received)}"
+    return len(receiver.received) == n
+
+
+async def publish(settings: Settings, incident_id: uuid.UUID, *payloads: EventPayload) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        for p in payloads:
+            e = new_event(p, producer="test", actor="system:test", incident_id=incident_id, occurred_at=T0)
+            await producer.send_and_wait(settings.topic(Stream.INCIDENTS), e.to_bytes(), key=e.key)
+    finally:
+        await producer.stop()
