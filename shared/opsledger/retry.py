@@ -3,11 +3,21 @@ together (the database restarted under them) do not retry in step. Every retry i
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_never,
+    stop_when_event_set,
+    wait_random_exponential,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,12 +50,25 @@ async def forever(
     initial: float,
     maximum: float,
     on_failure: Callable[[BaseException], None] | None = None,
+    until: asyncio.Event | None = None,
 ) -> T:
     """Run `action` until it succeeds, waiting between tries a random time up to `initial`,
-    `2 * initial`, ... capped at `maximum`. Cancellation is never retried."""
+    `2 * initial`, ... capped at `maximum`. Cancellation is never retried. With `until`, a wait
+    ends when that event is set, and after one last try the failure is raised instead of retried
+    (a service stopping does not sit out a backoff meant for a database that is down)."""
+
+    async def sleep(seconds: float) -> None:
+        if until is None:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(until.wait(), seconds)
+
     retrying = AsyncRetrying(
         wait=wait_random_exponential(multiplier=initial, max=maximum),
         retry=retry_if_exception_type(Exception),
+        stop=stop_when_event_set(until) if until is not None else stop_never,  # type: ignore[arg-type]
+        sleep=sleep,
         before_sleep=_logger(what, on_failure),
         reraise=True,
     )

@@ -330,4 +330,7 @@ async def _boot(
 
 async def supervise(worker: EventConsumer, stop: asyncio.Event) -> None:
     """Keep a consumer loop running; an unexpected crash is logged and the loop restarted."""
-    await retry.forever(lambda: worker.run(stop), what=f"consumer {worker.spec.name}", initial=1.0, maximum=10.0)
+    with contextlib.suppress(Exception):  # raised only once stopping
+        await retry.forever(
+            lambda: worker.run(stop), what=f"consumer {worker.spec.name}", initial=1.0, maximum=10.0, until=stop
+        )

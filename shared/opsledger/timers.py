@@ -167,7 +167,14 @@ class TimerRunner:
     async def run(self, stop: asyncio.Event) -> None:
         """Fire due timers until `stop` is set (the batch in hand is finished first)."""
         while not stop.is_set():
-            fired = await retry.forever(self.run_due, what="timer runner: firing", initial=0.1, maximum=5.0)
+            try:
+                fired = await retry.forever(
+                    self.run_due, what="timer runner: firing", initial=0.1, maximum=5.0, until=stop
+                )
+            except Exception:
+                if stop.is_set():
+                    return  # stopping while the database is away: the next start catches up
+                raise
             if fired >= self.batch_size:
                 continue  # more may be due right now
             await self._sleep_until_next(stop)

@@ -43,3 +43,17 @@ async def test_cancellation_is_never_retried() -> None:
     with pytest.raises(asyncio.CancelledError):
         await retry.forever(cancelled, what="t", initial=0.001, maximum=0.002)
     assert calls == [1]
+
+
+async def test_a_stop_ends_the_wait_and_raises_the_last_failure() -> None:
+    calls: list[int] = []
+    stop = asyncio.Event()
+    retrying = asyncio.create_task(
+        retry.forever(lambda: flaky(calls, 1000), what="t", initial=60, maximum=60, until=stop)
+    )
+    while not calls:  # noqa: ASYNC110 (waits for the first failure, then for the backoff to begin)
+        await asyncio.sleep(0.01)
+    stop.set()
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(retrying, 5)  # not the 60 s backoff
+    assert len(calls) == 2, "one last try once the wait is cut short, then no more"

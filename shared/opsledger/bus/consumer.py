@@ -159,8 +159,28 @@ class EventConsumer:
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
         await self.consumer.start()
+        try:
+            await self._await_partitions()
+        except Exception:
+            await self.stop()  # start() is retried: leave no client behind
+            raise
         listener = _ResumeFromStoredPositions(self) if self.spec.stored_positions else None
         self.consumer.subscribe(self.spec.topics, listener=listener)
+
+    async def _await_partitions(self, timeout: float = 30.0) -> None:
+        """Wait until this client knows every topic's partitions. A consumer that joins its group
+        while a topic just created has no partition metadata yet is assigned nothing until its next
+        metadata refresh, five minutes later (seen in about one test run in six under load)."""
+        assert self.consumer is not None
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            missing = [t for t in self.spec.topics if not self.consumer.partitions_for_topic(t)]
+            if not missing:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"no partition metadata for {missing} within {timeout:g}s")
+            await self.consumer._client.force_metadata_update()
+            await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         if self.consumer is not None:
@@ -177,12 +197,18 @@ class EventConsumer:
                 continue
             # The database (or broker) failing under us commits nothing: the same batch is tried
             # again after a wait, less the partitions a rebalance took away meanwhile.
-            await retry.forever(
-                functools.partial(self._process_assigned, records),
-                what=f"consumer {self.spec.name}: batch",
-                initial=0.2,
-                maximum=10.0,
-            )
+            try:
+                await retry.forever(
+                    functools.partial(self._process_assigned, records),
+                    what=f"consumer {self.spec.name}: batch",
+                    initial=0.2,
+                    maximum=10.0,
+                    until=stop,
+                )
+            except Exception:
+                if stop.is_set():
+                    return  # nothing of the batch committed: its offsets were not committed either
+                raise
             self._report_lag(batches)
 
     async def _process_assigned(self, records: list[ConsumerRecord]) -> None:

@@ -96,7 +96,14 @@ class OutboxRelay:
     async def run(self, stop: asyncio.Event) -> None:
         try:
             while not stop.is_set():
-                sent = await retry.forever(self.publish_batch, what="outbox relay: publish", initial=0.1, maximum=5.0)
+                try:
+                    sent = await retry.forever(
+                        self.publish_batch, what="outbox relay: publish", initial=0.1, maximum=5.0, until=stop
+                    )
+                except Exception:
+                    if stop.is_set():
+                        return  # stopping while the database or broker is away: the next start retries
+                    raise
                 if sent < self.settings.relay_batch_size:
                     await self.outbox.wait(self.settings.relay_poll_seconds)
         finally:
