@@ -95,7 +95,6 @@ async def settings(
     infra: TestInfra,
     make_database: Callable[..., Any],
     topic_prefix: str,
-    topics_ready: Callable[..., Any],
     sink: MailSink,
 ) -> Settings:
     settings = Settings(
@@ -110,7 +109,6 @@ async def settings(
         incident_link_template="http://reporting.local/v1/incidents/{incident_id}",
         **TOKENS.settings(),
     )
-    await topics_ready(settings)
     return settings
 
 

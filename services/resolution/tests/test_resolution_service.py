@@ -38,9 +38,7 @@ T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-async def settings(
-    infra: TestInfra, make_database: Callable[..., Any], topic_prefix: str, topics_ready: Callable[..., Any]
-) -> Settings:
+async def settings(infra: TestInfra, make_database: Callable[..., Any], topic_prefix: str) -> Settings:
     settings = Settings(
         database_url=await make_database(),
         kafka_bootstrap=infra.kafka_bootstrap,
@@ -50,7 +48,6 @@ async def settings(
         log_json=False,
         **TOKENS.settings(),
     )
-    await topics_ready(settings)
     return settings
 
 

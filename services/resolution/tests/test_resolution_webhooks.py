@@ -85,9 +85,7 @@ async def _started(server: uvicorn.Server) -> bool:
 
 
 @pytest.fixture
-async def settings(
-    infra: TestInfra, make_database: Callable[..., Any], topic_prefix: str, topics_ready: Callable[..., Any]
-) -> Settings:
+async def settings(infra: TestInfra, make_database: Callable[..., Any], topic_prefix: str) -> Settings:
     settings = Settings(
         database_url=await make_database(),
         kafka_bootstrap=infra.kafka_bootstrap,
@@ -99,7 +97,6 @@ async def settings(
         webhook_retry_base_seconds=60,
         **TOKENS.settings(),
     )
-    await topics_ready(settings)
     return settings
 
 
