@@ -124,6 +124,11 @@ def check_schedule(schedule: OnCallScheduleChanged) -> None:
     for i, layer in enumerate(schedule.layers):
         where = f"body.layers.{i}"
         _aware(layer.starts_at, f"{where}.starts_at")
+        if layer.time_zone is not None:
+            try:
+                ZoneInfo(layer.time_zone)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ConfigError(f"{where}.time_zone", f"unknown IANA time zone {layer.time_zone!r}") from exc
         if layer.rotation == RotationKind.HOURLY and layer.every_hours is None:
             raise ConfigError(f"{where}.every_hours", "an hourly rotation says every how many hours it hands off")
         for j, r in enumerate(layer.restrictions):

@@ -114,6 +114,11 @@ def _within(restrictions: Sequence[TimeRestriction], zone: ZoneInfo, t: datetime
     return False
 
 
+def layer_zone(layer: ScheduleLayer, schedule_zone: ZoneInfo) -> ZoneInfo:
+    """The zone of a layer's handoffs and restrictions: its own, or the schedule's."""
+    return ZoneInfo(layer.time_zone) if layer.time_zone else schedule_zone
+
+
 def who(schedule: OnCallScheduleChanged, t: datetime, zone: ZoneInfo | None = None) -> OnCall | None:
     """Who is on call at `t` (no `until`); None when nobody is."""
     zone = zone or zone_of(schedule)
@@ -122,9 +127,10 @@ def who(schedule: OnCallScheduleChanged, t: datetime, zone: ZoneInfo | None = No
             return OnCall(override.person, "override", None)
     for index in range(len(schedule.layers) - 1, -1, -1):
         layer = schedule.layers[index]
-        if t < layer.starts_at or (layer.restrictions and not _within(layer.restrictions, zone, t)):
+        here = layer_zone(layer, zone)
+        if t < layer.starts_at or (layer.restrictions and not _within(layer.restrictions, here, t)):
             continue
-        n, _ = turn(layer, zone, t)
+        n, _ = turn(layer, here, t)
         return OnCall(layer.members[n % len(layer.members)], f"layer '{layer.name}'", index)
     return None
 
@@ -163,7 +169,7 @@ def shifts(schedule: OnCallScheduleChanged, start: datetime, end: datetime) -> l
     zone = zone_of(schedule)
     points = {start}
     for layer in schedule.layers:
-        points.update(_layer_changes(layer, zone, start, end))
+        points.update(_layer_changes(layer, layer_zone(layer, zone), start, end))
     points.update(_override_changes(schedule.overrides))
     ordered = sorted(p for p in points if start <= p < end)
     result: list[Shift] = []

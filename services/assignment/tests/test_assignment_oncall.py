@@ -134,6 +134,33 @@ def test_a_later_restricted_layer_wins_only_inside_its_hours() -> None:
     ]
 
 
+def test_each_layer_keeps_its_own_time_zone_follow_the_sun() -> None:
+    """Tokyo covers its office hours, Berlin its own, in a schedule kept in UTC: each layer's
+    restrictions and handoffs are read in that layer's zone."""
+    tokyo = layer(
+        [C],
+        "weekly",
+        utc(2026, 11, 2),
+        name="tokyo",
+        time_zone="Asia/Tokyo",
+        restrictions=[{"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "17:00"}],
+    )
+    berlin = layer(
+        [B],
+        "weekly",
+        utc(2026, 11, 2),
+        name="berlin",
+        time_zone="Europe/Berlin",
+        restrictions=[{"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "17:00"}],
+    )
+    s = schedule(layer([A], "weekly", utc(2026, 11, 2), name="24x7"), tokyo, berlin, zone="UTC")
+    assert who(s, utc(2026, 12, 1, 1)) == "carol"  # 10:00 in Tokyo, 02:00 in Berlin
+    assert who(s, utc(2026, 12, 1, 9)) == "bob"  # 18:00 in Tokyo, 10:00 in Berlin
+    assert who(s, utc(2026, 12, 1, 17)) == "alice"  # 02:00 in Tokyo, 18:00 in Berlin
+    hours = [(x.person.sub, x.start.hour) for x in oncall.shifts(s, utc(2026, 12, 1), utc(2026, 12, 2))]
+    assert hours == [("carol", 0), ("bob", 8), ("alice", 16)]  # Tokyo 09-17 JST, Berlin 09-17 CET
+
+
 def test_a_restriction_ending_before_it_starts_wraps_past_midnight() -> None:
     night = layer([B], "weekly", utc(2026, 11, 2), restrictions=[{"days": ["fri"], "start": "22:00", "end": "06:00"}])
     s = schedule(layer([A], "weekly", utc(2026, 11, 2)), night)

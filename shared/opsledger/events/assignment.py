@@ -261,6 +261,9 @@ class ScheduleLayer(EventPayload):
     handoff_time: time = time(9, 0)
     starts_at: datetime  # the rotation's anchor: the first member's first shift begins here
     restrictions: list[TimeRestriction] = Field(default_factory=list, max_length=50)
+    # The IANA zone of this layer's handoff time and restrictions (a follow-the-sun layer in
+    # Asia/Tokyo beside one in Europe/Berlin); None: the schedule's zone.
+    time_zone: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 class ScheduleOverride(EventPayload):
