@@ -2,7 +2,8 @@
 # make up: PostgreSQL + Kafka + migrations + the six services, each a separate process, then
 # wait for every /readyz and write the URLs and credentials (demo users' JWTs, the demo integration
 # key) to $STATE_DIR/opsledger.env.
-# Idempotent: what already runs is left running. Ports: PG_PORT, KAFKA_PORT, <SERVICE>_PORT.
+# Idempotent: what already runs is left running. Ports: PG_PORT, KAFKA_PORT, <SERVICE>_PORT, SMTP_PORT
+# (the local mail catcher).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 PG_PORT=${PG_PORT:-5432}
@@ -10,8 +11,10 @@ KAFKA_PORT=${KAFKA_PORT:-9092}
 DB_PREFIX=${OPSLEDGER_DB_PREFIX:-opsledger_}
 TOPIC_PREFIX=${OPSLEDGER_TOPIC_PREFIX:-opsledger}
 READY_TIMEOUT=${OPSLEDGER_READY_TIMEOUT:-120}
+SMTP_PORT=${SMTP_PORT:-2525}
+MAIL_DIR=$STATE_DIR/mail
 export PG_PORT KAFKA_PORT
-mkdir -p "$STATE_DIR/run" "$STATE_DIR/logs"
+mkdir -p "$STATE_DIR/run" "$STATE_DIR/logs" "$MAIL_DIR"
 
 # Infrastructure: remember whether we started it, so `make down` stops only what `make up` started.
 if PG_DIR=${PG_DIR:-$STATE_DIR/postgres} "$REPO/deploy/local/postgres.sh" status 2>/dev/null; then
@@ -52,6 +55,19 @@ TOKENS=$STATE_DIR/tokens.env
 "$PY" -m opsledger.devtokens tokens --dir "$AUTH_DIR" --issuer "$AUTH_ISSUER" --audience "$AUTH_AUDIENCE" --out "$TOKENS"
 set -a; source "$TOKENS"; set +a
 
+# The mail catcher (opsledger.devmail): an SMTP server on SMTP_PORT saving every message under
+# $MAIL_DIR as an .eml file; resolution sends its email there (the demo page of the assignee).
+pidfile=$STATE_DIR/run/devmail.pid
+if pid_alive "$pidfile"; then
+  echo "devmail: already running (pid $(cat "$pidfile"))"
+else
+  setsid "$PY" -m opsledger.devmail --host 127.0.0.1 --port "$SMTP_PORT" --dir "$MAIL_DIR" \
+    >>"$STATE_DIR/logs/devmail.log" 2>&1 < /dev/null &
+  echo $! >"$pidfile"
+  echo "devmail: started on port $SMTP_PORT (pid $!, mail in $MAIL_DIR, log $STATE_DIR/logs/devmail.log)"
+fi
+for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$SMTP_PORT") 2>/dev/null && break; sleep 0.1; done
+
 service_env() {  # the environment one service process runs with
   local s=$1
   echo OPSLEDGER_SERVICE_NAME="$s" OPSLEDGER_PORT="$(service_port "$s")" OPSLEDGER_HOST=127.0.0.1 \
@@ -60,7 +76,9 @@ service_env() {  # the environment one service process runs with
     OPSLEDGER_AUTH_PUBLIC_KEY="$AUTH_DIR/public.pem" OPSLEDGER_AUTH_ISSUER="$AUTH_ISSUER" \
     OPSLEDGER_AUTH_AUDIENCE="$AUTH_AUDIENCE" \
     OPSLEDGER_BOOTSTRAP_INTEGRATION_KEY="$OPSLEDGER_DEMO_INTEGRATION_KEY" \
-    OPSLEDGER_DEMO="${OPSLEDGER_DEMO:-1}"  # seed the demo team, schedule and routes (0: none)
+    OPSLEDGER_SMTP_HOST=127.0.0.1 OPSLEDGER_SMTP_PORT="$SMTP_PORT" \
+    OPSLEDGER_INCIDENT_LINK_TEMPLATE="http://127.0.0.1:$(service_port reporting)/v1/incidents/{incident_id}" \
+    OPSLEDGER_DEMO="${OPSLEDGER_DEMO:-1}"  # seed the demo team, schedule, routes and paging (0: none)
 }
 
 for s in "${SERVICES[@]}"; do
@@ -94,6 +112,8 @@ ENV_FILE=$STATE_DIR/opsledger.env
   echo "OPSLEDGER_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT"
   echo "OPSLEDGER_POSTGRES=postgresql://opsledger@127.0.0.1:$PG_PORT"
   echo "OPSLEDGER_TOPIC_PREFIX=$TOPIC_PREFIX"
+  echo "OPSLEDGER_SMTP_PORT=$SMTP_PORT"
+  echo "OPSLEDGER_MAIL_DIR=$MAIL_DIR"
 } >"$ENV_FILE"
 chmod 600 "$ENV_FILE"
 

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import os
 import subprocess
 import time
@@ -15,7 +17,7 @@ import httpx
 import jwt
 import pytest
 
-from opsledger.devtokens import DEMO_USERS
+from opsledger.devtokens import DEMO_USERS, demo_user
 from opsledger.testing import TestInfra, eventually
 from opsledger.testing.helpers import free_port
 
@@ -40,6 +42,7 @@ async def test_make_up_starts_every_service_ready_and_make_down_stops_them(infra
     kafka_port = infra.kafka_bootstrap.rsplit(":", 1)[1]
     pg = urlsplit(infra.postgres_dsn)
     ports = {s: free_port() for s in SERVICES}
+    smtp_port = free_port()
     env = {
         **os.environ,
         "OPSLEDGER_STATE_DIR": str(tmp_path),
@@ -51,6 +54,7 @@ async def test_make_up_starts_every_service_ready_and_make_down_stops_them(infra
         "OPSLEDGER_DB_PREFIX": f"{prefix}_",
         "OPSLEDGER_TOPIC_PREFIX": prefix,
         **{f"{s.upper()}_PORT": str(p) for s, p in ports.items()},
+        "SMTP_PORT": str(smtp_port),
     }
     try:
         up = await make("up", env)
@@ -59,7 +63,9 @@ async def test_make_up_starts_every_service_ready_and_make_down_stops_them(infra
         for s, port in ports.items():
             assert values[f"OPSLEDGER_{s.upper()}_URL"] == f"http://127.0.0.1:{port}"
         assert values["OPSLEDGER_DEMO_INTEGRATION_KEY"]
+        assert (values["OPSLEDGER_SMTP_PORT"], values["OPSLEDGER_MAIL_DIR"]) == (str(smtp_port), str(tmp_path / "mail"))
         await _demo_tokens_work(tmp_path, values)
+        await _first_alert_pages_the_on_call_person(tmp_path / "mail", values)
         async with httpx.AsyncClient(timeout=5) as client:
             for s, port in ports.items():
                 ready = await client.get(f"http://127.0.0.1:{port}/readyz")
@@ -124,6 +130,39 @@ async def _demo_tokens_work(state: Path, values: dict[str, str]) -> None:
 
         [first, *_] = await eventually(recorded, timeout=60, what="the report reaches reporting")
     assert first["event_type"] == "IncidentLogged" and first["actor"] == "user:demo-reporter"
+
+
+async def _first_alert_pages_the_on_call_person(mail: Path, values: dict[str, str]) -> None:
+    """A newcomer's first alert: assigned to the demo team's on-call person, who is emailed (the
+    mail catcher saves the page as an .eml) with the incident's id, priority, title, why them, and a link."""
+    alert = {"dedup_key": "db-1-disk", "title": "db-1 disk 95% full", "severity": "critical", "service": "payments-db"}
+    key = values["OPSLEDGER_DEMO_INTEGRATION_KEY"]
+    async with httpx.AsyncClient(timeout=10) as client:
+        posted = await client.post(
+            f"{values['OPSLEDGER_INTAKE_URL']}/v1/alerts", json=alert, headers={"Authorization": f"Bearer {key}"}
+        )
+    assert posted.status_code == 202, posted.text
+    incident = posted.json()["incident_id"]
+    responder = demo_user("responder")
+
+    def page() -> tuple[str, str] | None:
+        """(To, text) of the page about the incident, once saved."""
+        for path in sorted(mail.glob("*.eml")):
+            message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            assert isinstance(message, email.message.EmailMessage)
+            body = message.get_body(("plain",))
+            text = body.get_content() if body is not None else ""
+            if incident in text and "IncidentAssigned" in str(message["Subject"]):
+                return str(message["To"]), text
+        return None
+
+    async def paged() -> tuple[str, str] | None:
+        return await asyncio.to_thread(page)
+
+    to, text = await eventually(paged, timeout=90, what="the on-call person's page in the mail folder")
+    assert responder.email in to, to
+    assert "db-1 disk 95% full" in text and "Priority: P" in text and "Why you:" in text, text
+    assert f"{values['OPSLEDGER_REPORTING_URL']}/v1/incidents/{incident}" in text
 
 
 async def _drop(infra: TestInfra, name: str) -> None:

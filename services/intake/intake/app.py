@@ -27,7 +27,7 @@ def build(settings: Settings | None = None, clock: Clock | None = None) -> FastA
             ConsumerSpec(
                 name="incidents",
                 topics=[settings.topic(Stream.INCIDENTS)],
-                handler=on_incident_event,
+                handler=on_incident_event(settings),
                 event_types=set(CLOSING_EVENTS),
                 accept_unknown=True,  # the closing events' schemas belong to other services
             )

@@ -36,7 +36,7 @@ class SignalKind(enum.StrEnum):
 class Status(enum.StrEnum):
     INACTIVE = "inactive"  # the key is known (a row exists) but never opened an incident
     FIRING = "firing"  # an incident is open for the key
-    RESOLVED = "resolved"  # the last incident for the key was resolved
+    RESOLVED = "resolved"  # the last incident for the key was resolved (at its source, or downstream)
 
 
 class Action(enum.StrEnum):
@@ -90,6 +90,10 @@ class AlertState:
     # The start of the last episode the source itself said had resolved: a firing notification of
     # that same episode arriving later (the second Alertmanager of an HA pair) is no new problem.
     resolved_episode: datetime | None = None
+    # Set while the key's last incident is resolved downstream (IncidentResolved) and may still be
+    # reopened: until then a trigger goes to that incident (AlertCorrelated, which the resolution
+    # stage turns into IncidentReopened) instead of opening a new one. None once it is closed.
+    reopenable_until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -146,12 +150,60 @@ def _trigger(state: AlertState, signal: AlertSignal, now: datetime, policy: Flap
             if state.flapping_since is None:
                 state = replace(state, flapping_since=now)
                 events.append(_flapping(state, signal, policy))
-            state = replace(state, status=Status.FIRING, occurrence_count=state.occurrence_count + 1, last_seen=now)
+            state = replace(
+                state,
+                status=Status.FIRING,
+                occurrence_count=state.occurrence_count + 1,
+                last_seen=now,
+                reopenable_until=None,
+            )
             events.append(_correlated(state, signal))
             return Outcome(state, Action.SUPPRESSED, state.incident_id, tuple(events))
         state = replace(state, flapping_since=None)  # calmed down (or never flapped)
-    state = replace(state, status=Status.FIRING, incident_id=new_id, occurrence_count=1, first_seen=now, last_seen=now)
+        if state.reopenable_until is not None and now <= state.reopenable_until:
+            # Resolved downstream and still within its reopen window: the fix did not hold. The
+            # incident goes on (resolution reopens it) instead of a new one being logged.
+            state = replace(
+                state,
+                status=Status.FIRING,
+                occurrence_count=state.occurrence_count + 1,
+                last_seen=now,
+                reopenable_until=None,
+            )
+            return Outcome(state, Action.CORRELATED, state.incident_id, (_correlated(state, signal),))
+    state = replace(
+        state,
+        status=Status.FIRING,
+        incident_id=new_id,
+        occurrence_count=1,
+        first_seen=now,
+        last_seen=now,
+        reopenable_until=None,
+    )
     return Outcome(state, Action.LOGGED, new_id, (logged(signal, received_at=now),), opened=True)
+
+
+def resolved_downstream(state: AlertState, *, at: datetime, reopen_window: timedelta) -> AlertState:
+    """The key's incident was resolved by a later stage (a person, or automatically): it keeps the
+    incident, reopenable until `at` + `reopen_window`."""
+    return replace(
+        state,
+        status=Status.RESOLVED,
+        last_seen=at if state.status is Status.FIRING else state.last_seen,
+        reopenable_until=at + reopen_window,
+    )
+
+
+def closed_downstream(state: AlertState) -> AlertState:
+    """The key's incident was closed: it is over for good, the next trigger opens a new incident."""
+    return replace(state, status=Status.RESOLVED, reopenable_until=None)
+
+
+def reopened_downstream(state: AlertState) -> AlertState:
+    """The key's incident was reopened (by a person, or this key firing again): it is open again."""
+    if state.reopenable_until is None:
+        return state  # intake already attached a re-fire to it, or it was never resolved here
+    return replace(state, status=Status.FIRING, reopenable_until=None)
 
 
 def _resolve(state: AlertState, signal: AlertSignal, now: datetime, policy: FlapPolicy) -> Outcome:

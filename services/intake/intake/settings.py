@@ -15,6 +15,10 @@ class Settings(ServiceSettings):
     # `flap_window_minutes` marks an alert flapping; it then stops opening new incidents.
     flap_max_transitions: int = Field(default=6, ge=1)
     flap_window_minutes: float = Field(default=30.0, gt=0)
+    # An incident resolved downstream may be reopened this long after its resolution: a trigger of
+    # its key within the window goes to it (the resolution stage reopens it) instead of a new one.
+    # The same name and default as the resolution stage's setting, so one variable sets both.
+    reopen_window_seconds: float = Field(default=7 * 86400, gt=0)
     # Integration keys are looked up once per this many seconds per process (a disabled key is
     # refused at once by the replica that disabled it, by the others within this time).
     integration_cache_seconds: float = Field(default=5.0, ge=0)

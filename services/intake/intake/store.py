@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
@@ -44,6 +43,8 @@ alert_state = sa.Table(
     sa.Column("transitions", pg.ARRAY(sa.DateTime(timezone=True)), nullable=False, server_default="{}"),
     sa.Column("flapping_since", sa.DateTime(timezone=True)),
     sa.Column("resolved_episode", sa.DateTime(timezone=True)),
+    # The incident was resolved downstream and may be reopened until then (a trigger reopens it).
+    sa.Column("reopenable_until", sa.DateTime(timezone=True)),
 )
 sa.Index("alert_state_incident", alert_state.c.incident_id)
 
@@ -68,7 +69,7 @@ _LOCK_STATES = sa.text(
     " SELECT :scope, key, :inactive FROM unnest(CAST(:keys AS text[])) AS key"
     " ON CONFLICT (scope, dedup_key) DO UPDATE SET scope = EXCLUDED.scope"
     " RETURNING dedup_key, status, incident_id, occurrence_count, first_seen, last_seen, transitions, flapping_since,"
-    " resolved_episode"
+    " resolved_episode, reopenable_until"
 )
 
 
@@ -87,6 +88,7 @@ async def lock_states(session: AsyncSession, scope: str, keys: Sequence[str]) ->
             transitions=tuple(r["transitions"] or ()),
             flapping_since=r["flapping_since"],
             resolved_episode=r["resolved_episode"],
+            reopenable_until=r["reopenable_until"],
         )
         for r in rows
     }
@@ -107,6 +109,7 @@ async def save_states(session: AsyncSession, scope: str, states: dict[str, Alert
             transitions=sa.bindparam("b_transitions"),
             flapping_since=sa.bindparam("b_flapping"),
             resolved_episode=sa.bindparam("b_episode"),
+            reopenable_until=sa.bindparam("b_reopenable"),
         )
     )
     await session.execute(
@@ -123,6 +126,7 @@ async def save_states(session: AsyncSession, scope: str, states: dict[str, Alert
                 "b_transitions": list(s.transitions),
                 "b_flapping": s.flapping_since,
                 "b_episode": s.resolved_episode,
+                "b_reopenable": s.reopenable_until,
             }
             for key, s in states.items()
         ],
@@ -134,10 +138,37 @@ async def record_incidents(session: AsyncSession, rows: list[dict[str, object]])
         await session.execute(pg_insert(logged_incidents).on_conflict_do_nothing(), rows)
 
 
-async def close_incident(session: AsyncSession, incident_id: uuid.UUID, at: datetime) -> None:
-    """The incident was resolved downstream (by a person): its key's next trigger opens a new one."""
-    await session.execute(
-        sa.update(alert_state)
-        .where(alert_state.c.incident_id == incident_id, alert_state.c.status == Status.FIRING.value)
-        .values(status=Status.RESOLVED.value, last_seen=at)
+async def update_incident_states(
+    session: AsyncSession, incident_id: uuid.UUID, change: Callable[[AlertState], AlertState]
+) -> None:
+    """Apply a downstream event's `change` to the state of every key whose incident it is (locked)."""
+    rows = (
+        (
+            await session.execute(
+                sa.select(alert_state)
+                .where(alert_state.c.incident_id == incident_id)
+                .order_by(alert_state.c.scope, alert_state.c.dedup_key)
+                .with_for_update()
+            )
+        )
+        .mappings()
+        .all()
     )
+    by_scope: dict[str, dict[str, AlertState]] = {}
+    for r in rows:
+        state = AlertState(
+            status=Status(r["status"]),
+            incident_id=r["incident_id"],
+            occurrence_count=r["occurrence_count"],
+            first_seen=r["first_seen"],
+            last_seen=r["last_seen"],
+            transitions=tuple(r["transitions"] or ()),
+            flapping_since=r["flapping_since"],
+            resolved_episode=r["resolved_episode"],
+            reopenable_until=r["reopenable_until"],
+        )
+        new = change(state)
+        if new != state:
+            by_scope.setdefault(r["scope"], {})[r["dedup_key"]] = new
+    for scope, states in by_scope.items():
+        await save_states(session, scope, states)

@@ -15,7 +15,10 @@ from intake.domain import (
     FlapPolicy,
     SignalKind,
     Status,
+    closed_downstream,
     decide,
+    reopened_downstream,
+    resolved_downstream,
     stable_key,
 )
 from opsledger.events.common import Severity
@@ -187,13 +190,89 @@ def test_a_late_firing_resend_of_an_episode_the_source_resolved_is_ignored() -> 
     assert again.action is Action.LOGGED and again.incident_id != opened.incident_id
 
 
+WINDOW = timedelta(days=7)
+
+
 def test_a_person_resolving_does_not_make_the_source_episode_resolved() -> None:
-    """Resolved downstream (a person), still firing at the source: its re-send opens a new incident."""
+    """Resolved downstream (a person), still firing at the source: its re-send within the reopen
+    window goes to the same incident (the resolution stage reopens it); after the window, or once
+    the incident is closed, it opens a new incident."""
     opened = decide(
         AlertState(), am_signal(SignalKind.TRIGGER, T0), now=T0, policy=POLICY, new_incident_id=uuid.uuid4()
     )
-    closed_by_person = AlertState(**{**opened.state.__dict__, "status": Status.RESOLVED})
+    resolved_at = T0 + timedelta(minutes=30)
+    by_person = resolved_downstream(opened.state, at=resolved_at, reopen_window=WINDOW)
+    assert by_person.status is Status.RESOLVED and by_person.reopenable_until == resolved_at + WINDOW
+    assert by_person.resolved_episode is None  # the source never said the episode resolved
+
+    resend_at = T0 + timedelta(hours=4)
     resend = decide(
-        closed_by_person, am_signal(SignalKind.TRIGGER, T0), now=T0, policy=POLICY, new_incident_id=uuid.uuid4()
+        by_person, am_signal(SignalKind.TRIGGER, T0), now=resend_at, policy=POLICY, new_incident_id=uuid.uuid4()
     )
-    assert resend.action is Action.LOGGED
+    assert (resend.action, resend.incident_id, resend.opened) == (Action.CORRELATED, opened.incident_id, False)
+    [event] = resend.events
+    assert isinstance(event, AlertCorrelated)
+    assert (event.occurrence_count, event.first_seen, event.last_seen) == (2, T0, resend_at)
+    assert resend.state.status is Status.FIRING and resend.state.reopenable_until is None
+    # Its reopening (IncidentReopened, caused by that AlertCorrelated) changes nothing more.
+    assert reopened_downstream(resend.state) == resend.state
+
+    late_at = resolved_at + WINDOW + timedelta(seconds=1)
+    late = decide(
+        by_person, am_signal(SignalKind.TRIGGER, T0), now=late_at, policy=POLICY, new_incident_id=uuid.uuid4()
+    )
+    assert late.action is Action.LOGGED and late.incident_id != opened.incident_id
+    assert late.state.reopenable_until is None
+
+    closed = closed_downstream(by_person)
+    after_close = decide(
+        closed, am_signal(SignalKind.TRIGGER, T0), now=resend_at, policy=POLICY, new_incident_id=uuid.uuid4()
+    )
+    assert after_close.action is Action.LOGGED and after_close.incident_id != opened.incident_id
+
+
+def test_a_new_episode_after_the_source_resolved_reopens_within_the_window() -> None:
+    """Resolved at the source (and so downstream, automatically), then a new episode fires: the same
+    incident within the window, the late re-send of the resolved episode still ignored."""
+    episode, later = T0, T0 + timedelta(hours=2)
+    opened = decide(
+        AlertState(), am_signal(SignalKind.TRIGGER, episode), now=T0, policy=POLICY, new_incident_id=uuid.uuid4()
+    )
+    at_source = decide(
+        opened.state, am_signal(SignalKind.RESOLVE, episode), now=T0, policy=POLICY, new_incident_id=uuid.uuid4()
+    )
+    auto = resolved_downstream(at_source.state, at=T0 + timedelta(seconds=1), reopen_window=WINDOW)
+    assert auto.last_seen == at_source.state.last_seen and auto.resolved_episode == episode
+    late = decide(auto, am_signal(SignalKind.TRIGGER, episode), now=later, policy=POLICY, new_incident_id=uuid.uuid4())
+    assert (late.action, late.events, late.state.status) == (Action.IGNORED, (), Status.RESOLVED)
+    assert late.state.reopenable_until == auto.reopenable_until
+    refire = decide(auto, am_signal(SignalKind.TRIGGER, later), now=later, policy=POLICY, new_incident_id=uuid.uuid4())
+    assert refire.action is Action.CORRELATED and refire.incident_id == opened.incident_id
+    assert [type(e) for e in refire.events] == [AlertCorrelated]
+
+
+def test_a_person_reopening_makes_the_key_fire_again_and_closing_forgets_it() -> None:
+    opened = decide(AlertState(), signal(), now=T0, policy=POLICY, new_incident_id=uuid.uuid4())
+    resolved = resolved_downstream(opened.state, at=T0, reopen_window=WINDOW)
+    reopened = reopened_downstream(resolved)
+    assert reopened.status is Status.FIRING and reopened.reopenable_until is None
+    repeat = decide(reopened, signal(), now=T0 + timedelta(minutes=1), policy=POLICY, new_incident_id=uuid.uuid4())
+    assert repeat.action is Action.CORRELATED and repeat.incident_id == opened.incident_id
+    # Closed: the key keeps its last incident only for flapping; a trigger opens a new incident.
+    closed = closed_downstream(resolved)
+    assert closed.status is Status.RESOLVED and closed.reopenable_until is None
+    assert closed.incident_id == opened.incident_id
+    fresh = decide(closed, signal(), now=T0 + timedelta(minutes=1), policy=POLICY, new_incident_id=uuid.uuid4())
+    assert fresh.action is Action.LOGGED and fresh.opened
+
+
+def test_a_flapping_key_resolved_downstream_is_still_suppressed_to_its_incident() -> None:
+    state, _, _, _ = apply(AlertState(), SignalKind.TRIGGER, T0)
+    for n in range(1, 5):
+        kind = SignalKind.RESOLVE if n % 2 else SignalKind.TRIGGER
+        state, _, _, _ = apply(state, kind, T0 + timedelta(seconds=n))
+    state = resolved_downstream(state, at=T0 + timedelta(seconds=5), reopen_window=WINDOW)
+    first_id = state.incident_id
+    out = decide(state, signal(), now=T0 + timedelta(seconds=6), policy=POLICY, new_incident_id=uuid.uuid4())
+    assert out.action is Action.SUPPRESSED and out.incident_id == first_id
+    assert out.state.reopenable_until is None

@@ -11,6 +11,7 @@ from opsledger.bus.consumer import ConsumerSpec
 from opsledger.clock import Clock
 from opsledger.service import create_app
 from opsledger.timers import TimerHandler
+from resolution import demo
 from resolution.api import router
 from resolution.domain import Refused
 from resolution.runtime import ResolutionRuntime
@@ -39,6 +40,10 @@ def build(settings: Settings | None = None, clock: Clock | None = None) -> FastA
     def timers(runtime: ResolutionRuntime) -> dict[str, TimerHandler]:
         return runtime.resolution.timer_handlers()
 
+    async def on_ready(runtime: ResolutionRuntime) -> None:
+        if runtime.settings.demo:
+            await demo.seed(runtime)
+
     app = create_app(
         settings,
         title="OpsLedger resolution",
@@ -46,6 +51,7 @@ def build(settings: Settings | None = None, clock: Clock | None = None) -> FastA
         routers=[router, subscriptions_router],
         consumers=consumers,
         timers=timers,
+        on_ready=on_ready,
         clock=clock,
         runtime_type=ResolutionRuntime,
     )

@@ -151,13 +151,16 @@ def on_correlated(
     state: Incident | None, event: Envelope, alert: AlertCorrelated, context: Context
 ) -> Decision[Incident]:
     """The alert fires (again). One that had resolved at its source firing again after the
-    incident's resolution, within the reopen window, means the fix did not hold: reopen. (A repeat
-    of an alert that never stopped firing does not: the source just re-sends what it knows.)"""
+    incident's resolution, within the reopen window, means the fix did not hold: reopen. So does
+    an alert firing after a person resolved the incident: intake attaches a trigger to it only
+    while it may be reopened. (After an automatic resolution, a repeat of an alert that never
+    stopped firing does not reopen: the source just re-sends what it knows.)"""
     if state is None:
         return Decision(None)
     refired = state.alerts.get(alert.dedup_key) is False
+    by_person = state.resolution is not None and not state.resolution.auto
     new = replace(state, alerts={**state.alerts, alert.dedup_key: True})
-    if new.status is not Status.RESOLVED or not refired:
+    if new.status is not Status.RESOLVED or not (refired or by_person):
         return Decision(new)
     at_event = Context(context.policy, event.occurred_at)  # the re-fire's time decides, also on replay
     if domain.refusal(Action.REOPEN, new, at_event) is not None:

@@ -40,6 +40,9 @@ class Settings(ServiceSettings):
     smtp_timeout_seconds: float = Field(default=10.0, gt=0)
     # A link to the incident in notifications, e.g. "https://ops.example.com/incidents/{incident_id}".
     incident_link_template: str | None = None
+    # Seed, once, an email subscription paging the demo team's assignee (`make up` sets
+    # OPSLEDGER_DEMO=1 and points SMTP_HOST/SMTP_PORT at its mail catcher).
+    demo: bool = False
 
     def policy(self) -> Policy:
         return Policy(

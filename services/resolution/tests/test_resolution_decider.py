@@ -452,11 +452,26 @@ def test_an_alert_firing_again_within_the_window_reopens() -> None:
     assert not decide(closed, correlated("db-disk", 50)).events
 
 
-def test_a_repeat_of_an_alert_that_never_stopped_firing_does_not_reopen() -> None:
+def test_an_alert_firing_after_a_person_resolved_reopens_within_the_window() -> None:
+    """Intake attaches a trigger to an incident resolved downstream only while it may be reopened:
+    the alert firing after a person's resolution means the fix did not hold."""
     resolved = resolved_state()  # by a person, while db-disk still fires at its source
     assert resolved.alerts == {"db-disk": True}
-    repeat = decide(resolved, correlated("db-disk", 35))
-    assert not repeat.events and repeat.state is not None and repeat.state.status is Status.RESOLVED
+    decision = decide(resolved, correlated("db-disk", 35))
+    assert types(decision.events) == ["IncidentReopened"]
+    assert decision.events[0].model_dump(mode="json")["by"]["kind"] == "alert_refired"
+    assert decision.state is not None and decision.state.status is Status.IN_PROGRESS
+    # Past the window: recorded, not reopened.
+    late = decide(resolved, correlated("db-disk", 40 + 60 * 24 * 7))
+    assert not late.events and late.state is not None and late.state.status is Status.RESOLVED
+
+
+def test_a_new_alert_on_an_auto_resolved_incident_does_not_reopen() -> None:
+    """After an automatic resolution only a key that had resolved at its source reopens by firing."""
+    state = decide(apply(logged()), alert_resolved()).state
+    assert state is not None and state.status is Status.RESOLVED
+    other = decide(state, correlated("db-inodes", 40))
+    assert not other.events and other.state is not None and other.state.status is Status.RESOLVED
 
 
 # --------------------------------------------------------------------------- auto-close

@@ -1,0 +1,162 @@
+"""An alert firing again after its incident was resolved reopens that incident (within the reopen
+window) instead of logging a new one: intake and the resolution stage in-process against the real
+Kafka and PostgreSQL, talking only through the incidents topic."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from intake import store
+from opsledger.events import Envelope, Stream
+from opsledger.testing import TestInfra, eventually, running_app
+from resolution.app import build as build_resolution
+from resolution.settings import Settings as ResolutionSettings
+
+from .harness import TOKENS, Intake, intake, make_settings, topic_events
+from .samples import alertmanager_body, am_alert, generic_alert
+
+pytestmark = pytest.mark.integration
+
+RESPONDER = TOKENS.headers("alice", "responder", name="Alice Ops")
+ANALYST = TOKENS.headers("ana", "analyst")
+
+
+@contextlib.asynccontextmanager
+async def resolution(infra: TestInfra, make_database: Any, prefix: str) -> AsyncIterator[httpx.AsyncClient]:
+    settings = ResolutionSettings(
+        database_url=await make_database(),
+        kafka_bootstrap=infra.kafka_bootstrap,
+        topic_prefix=prefix,
+        topic_partitions=1,
+        relay_poll_seconds=0.05,
+        log_json=False,
+        **TOKENS.settings(),
+    )
+    async with running_app(build_resolution(settings)) as client:
+        yield client
+
+
+async def state_of(client: httpx.AsyncClient, incident_id: str, expected: str) -> dict[str, Any]:
+    async def check() -> dict[str, Any]:
+        response = await client.get(f"/v1/incidents/{incident_id}/state", headers=ANALYST)
+        body: dict[str, Any] = response.json() if response.status_code == 200 else {}
+        return body if body.get("state") == expected else {}
+
+    return await eventually(check, timeout=60, what=f"{incident_id} {expected}")
+
+
+async def key_state(svc: Intake, dedup_key: str) -> dict[str, Any]:
+    async with svc.runtime.sessionmaker() as session:
+        row = (
+            (await session.execute(sa.select(store.alert_state).where(store.alert_state.c.dedup_key == dedup_key)))
+            .mappings()
+            .one()
+        )
+    return dict(row)
+
+
+async def resolution_events(svc: Intake, incident_id: str, event_type: str, count: int) -> list[Envelope]:
+    async def check() -> list[Envelope]:
+        found = [
+            e
+            for e in await topic_events(svc.settings.kafka_bootstrap, svc.settings.topic(Stream.INCIDENTS))
+            if str(e.incident_id) == incident_id and e.event_type == event_type
+        ]
+        return found if len(found) >= count else []
+
+    return await eventually(check, timeout=60, what=f"{count} x {event_type} of {incident_id}")
+
+
+async def test_resolve_then_refire_reopens_and_after_closure_a_new_incident_is_logged(
+    infra: TestInfra, make_database: Any, topic_prefix: str
+) -> None:
+    settings = await make_settings(infra, make_database, topic_prefix)
+    async with resolution(infra, make_database, topic_prefix) as res, intake(settings) as svc:
+        body = {**generic_alert(), "dedup_key": "db-1-disk"}
+        first = await svc.post("/v1/alerts", body)
+        assert first.status_code == 202 and first.json()["action"] == "logged", first.text
+        incident_id = first.json()["incident_id"]
+        await state_of(res, incident_id, "logged")
+
+        # A person resolves it while the alert still fires at its source.
+        resolved = await res.post(
+            f"/v1/incidents/{incident_id}/resolve",
+            json={"code": "fixed", "root_cause": "log rotation"},
+            headers=RESPONDER,
+        )
+        assert resolved.status_code == 200, resolved.text
+
+        async def reopenable() -> bool:
+            row = await key_state(svc, "db-1-disk")
+            return row["status"] == "resolved" and row["reopenable_until"] is not None
+
+        await eventually(reopenable, timeout=60, what="intake heard of the resolution")
+
+        # The source sends it again: the fix did not hold. Same incident, reopened.
+        again = await svc.post("/v1/alerts", body)
+        assert again.status_code == 202, again.text
+        assert (again.json()["action"], again.json()["incident_id"]) == ("correlated", incident_id)
+        (reopened,) = await resolution_events(svc, incident_id, "IncidentReopened", 1)
+        assert reopened.payload["by"] == {"kind": "alert_refired", "person": None, "dedup_key": "db-1-disk"}
+        assert reopened.producer == "resolution"
+        state = await state_of(res, incident_id, "in_progress")
+        assert state["reopened"] == 1
+        row = await key_state(svc, "db-1-disk")
+        assert (row["status"], row["reopenable_until"], str(row["incident_id"])) == ("firing", None, incident_id)
+
+        # Resolved and closed for good: the next trigger is a new problem.
+        for action, payload in (("resolve", {"code": "fixed", "root_cause": "bigger disk"}), ("close", {})):
+            done = await res.post(f"/v1/incidents/{incident_id}/{action}", json=payload, headers=RESPONDER)
+            assert done.status_code == 200, done.text
+
+        async def forgotten() -> bool:
+            row = await key_state(svc, "db-1-disk")
+            return row["status"] == "resolved" and row["reopenable_until"] is None
+
+        await eventually(forgotten, timeout=60, what="intake heard of the closure")
+        new = await svc.post("/v1/alerts", body)
+        assert new.json()["action"] == "logged" and new.json()["incident_id"] != incident_id, new.text
+        await state_of(res, new.json()["incident_id"], "logged")
+        await resolution_events(svc, incident_id, "IncidentClosed", 1)
+        assert len(await resolution_events(svc, incident_id, "IncidentReopened", 1)) == 1
+
+
+async def test_a_new_episode_after_auto_resolution_reopens_and_the_ha_resend_is_ignored(
+    infra: TestInfra, make_database: Any, topic_prefix: str
+) -> None:
+    settings = await make_settings(infra, make_database, topic_prefix)
+    async with resolution(infra, make_database, topic_prefix) as res, intake(settings) as svc:
+        firing = alertmanager_body(am_alert("fp-re"))
+        opened = await svc.post("/v1/integrations/alertmanager", firing)
+        assert opened.status_code == 202, opened.text
+        [incident_id] = opened.json()["incident_ids"]
+        await state_of(res, incident_id, "logged")
+        gone = await svc.post("/v1/integrations/alertmanager", alertmanager_body(am_alert("fp-re", status="resolved")))
+        assert gone.json()["alerts"][0]["action"] == "resolved", gone.text
+        (auto,) = await resolution_events(svc, incident_id, "IncidentResolved", 1)
+        assert auto.payload["auto"] is True
+
+        async def reopenable() -> bool:
+            return (await key_state(svc, "fp-re"))["reopenable_until"] is not None
+
+        await eventually(reopenable, timeout=60, what="intake heard of the auto-resolution")
+        # The HA pair's late 'firing' of the resolved episode: still ignored.
+        late = await svc.post("/v1/integrations/alertmanager", firing)
+        assert late.json()["alerts"][0]["action"] == "ignored", late.text
+        # A new episode of the same alert: the same incident, reopened.
+        next_episode = {**am_alert("fp-re"), "startsAt": "2026-03-01T12:00:00.000Z"}
+        refire = await svc.post("/v1/integrations/alertmanager", alertmanager_body(next_episode))
+        assert refire.json()["alerts"][0] == {"dedup_key": "fp-re", "action": "correlated", "incident_id": incident_id}
+        (reopened,) = await resolution_events(svc, incident_id, "IncidentReopened", 1)
+        assert reopened.payload["by"]["kind"] == "alert_refired"
+        await state_of(res, incident_id, "in_progress")
+        logged = [e for e in await svc.events() if e.event_type == "IncidentLogged"]
+        assert [str(e.incident_id) for e in logged] == [incident_id]
+        assert uuid.UUID(incident_id)
