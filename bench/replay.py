@@ -58,7 +58,7 @@ from opsledger.events.resolution import (
 from opsledger.events.sla import SlaBreached, SlaWarning
 from reporting.app import MIGRATIONS
 from reporting.settings import Settings
-from reporting.versions import projection_spec
+from reporting.versions import projection_spec, tune_gc
 
 SERVICES = ["checkout", "payments", "search", "billing-db", "auth", "inventory", "cdn", "mail", "api-gw", "ledger"]
 CATEGORIES = [("Application", "Errors"), ("Database", "Capacity"), ("Network", "Latency"), ("Storage", "Disk"),
@@ -266,6 +266,7 @@ async def rebuild(settings: Settings, ends: dict[tuple[str, int], int], timeout:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)  # dead letters only
     await producer.start()
     spec = projection_spec(settings, sessionmaker, 1)
+    tune_gc()  # as the service does when it starts its projections
     projector = spec.batch_handler
     assert projector is not None
     stats = {"batches": 0, "handler_s": 0.0, "first_batch_at": 0.0}

@@ -62,6 +62,13 @@ from opsledger.events.triage import (
 )
 
 GENESIS_HASH = "0" * 64
+# How a projection version's audit entries are chained (chain_heads.scheme). 1: one chain through
+# every entry of the version, in applied order (versions made before revision 0004). 2: one chain
+# per aggregate (an incident, or a configuration object: the event's subject, which is its Kafka
+# key, so each chain is in log order whatever the partitions' interleaving), plus the version's
+# head, a chain over those chains: it folds in each entry's hash in applied order.
+LEGACY_CHAIN = 1
+PER_SUBJECT_CHAINS = 2
 
 # Not resolved yet: logged, with a team (and usually a person), taken on, or waiting.
 OPEN_STATUSES = ("open", "assigned", "acknowledged", "on_hold")
@@ -208,6 +215,13 @@ def apply_event(state: IncidentState, envelope: Envelope, payload: EventPayload 
     Fields are merged, never reset, so an event arriving out of its usual order (e.g. a
     categorization seen before the logging) still ends in the same state."""
     s = state.copy()
+    evolve(s, envelope, payload)
+    return s
+
+
+def evolve(s: IncidentState, envelope: Envelope, payload: EventPayload | None) -> None:
+    """What apply_event does, in place (the projector's hot path: it snapshots each state into
+    its history row, so it needs no copy per event)."""
     at = envelope.occurred_at
     s.event_count += 1
     s.last_event_type = envelope.event_type
@@ -216,7 +230,6 @@ def apply_event(state: IncidentState, envelope: Envelope, payload: EventPayload 
         apply = APPLIERS.get(payload.event_type)
         if apply is not None:
             apply(s, payload, at)
-    return s
 
 
 # intake
@@ -470,7 +483,9 @@ def _with(items: tuple[str, ...], item: str) -> tuple[str, ...]:
 
 
 def _ts(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
+    if value.tzinfo is not UTC:  # envelopes' and asyncpg's times are UTC already
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="microseconds")
 
 
 def canonical_payload(payload: dict[str, Any]) -> str:
@@ -494,19 +509,21 @@ def canonical_event(
 ) -> bytes:
     """The bytes an audit entry's hash covers, built from the stored columns so that changing
     any of them in the database breaks the chain. `payload` is the canonical payload text."""
+    # orjson writes a UUID as str() does (lowercase, hyphenated), without str()'s Python cost.
     head = orjson.dumps(
         [
-            str(event_id),
+            event_id,
             event_type,
             schema_version,
-            str(incident_id) if incident_id else None,
+            incident_id,
             subject,
             _ts(occurred_at),
             producer,
             correlation_id,
-            str(causation_id) if causation_id else None,
+            causation_id,
             actor,
-        ]
+        ],
+        default=str,  # asyncpg's own UUID type (verify reads the stored columns)
     )
     return head + b"\n" + payload.encode()
 
@@ -514,3 +531,10 @@ def canonical_event(
 def chain_hash(previous: str, canonical: bytes) -> str:
     """sha256(previous hash (hex) + canonical event bytes), hex."""
     return hashlib.sha256(previous.encode() + canonical).hexdigest()
+
+
+def fold_head(head: str, entry_hash: str) -> str:
+    """The chain over chains (PER_SUBJECT_CHAINS): the version's head after an entry whose own
+    chain's hash is `entry_hash`, i.e. sha256(head (hex) + entry hash (hex)), hex. It commits to
+    every entry and to the order they were applied in, at the cost of hashing 128 bytes."""
+    return hashlib.sha256((head + entry_hash).encode()).hexdigest()

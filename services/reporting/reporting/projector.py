@@ -4,11 +4,12 @@ of round trips per batch whatever its size (COPY for the append-only tables)."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,13 +17,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from opsledger.bus.consumer import Delivery
 from reporting.domain import (
     GENESIS_HASH,
+    LEGACY_CHAIN,
+    PER_SUBJECT_CHAINS,
     STATE_FIELDS,
     IncidentState,
-    apply_event,
     canonical_event,
     canonical_payload,
     chain_hash,
     decode_status,
+    evolve,
+    fold_head,
     state_from_row,
 )
 from reporting.store import INCIDENT_COLUMNS, TIMELINE_COLUMNS, VERSION_COLUMNS
@@ -49,16 +53,52 @@ class _Pending:
     close_stored: dict[uuid.UUID, tuple[int, datetime]] = field(default_factory=dict)  # seq, valid_to
 
 
+# How many incidents (and chains) a projector keeps in memory between batches: about 1.5 kB each.
+WARM_LIMIT = 20_000
+
+
+@dataclass
+class Warm:
+    """What a projector's last batches left in the database, kept in memory so the next batch
+    need not read it back: the incidents' states and the chains' heads. Valid only while the
+    version's head is at `seq`, which this projector wrote: any other writer (another replica,
+    a rolled-back transaction, a batch that failed halfway) leaves the head elsewhere, and then
+    everything is read from the database again."""
+
+    seq: int = -1
+    states: dict[uuid.UUID, IncidentState] = field(default_factory=dict)
+    chains: dict[str, str] = field(default_factory=dict)
+
+    def keep(self, states: dict[uuid.UUID, IncidentState], chains: dict[str, str], seq: int) -> None:
+        _refresh(self.states, states)
+        _refresh(self.chains, chains)
+        self.seq = seq
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _refresh(cache: dict[K, V], fresh: dict[K, V]) -> None:
+    """Put `fresh` last in `cache` (most recently used), then drop the oldest beyond WARM_LIMIT."""
+    for key, value in fresh.items():
+        cache.pop(key, None)
+        cache[key] = value
+    for key in list(itertools.islice(cache, max(0, len(cache) - WARM_LIMIT))):
+        del cache[key]
+
+
 class Projector:
     """The batch handler of one projection version (ConsumerSpec.batch_handler), and the writer of
     its log positions (ConsumerSpec.save_positions): both run in the batch's transaction."""
 
     def __init__(self, version: int) -> None:
         self.version = version
+        self.warm = Warm()
 
     async def __call__(self, session: AsyncSession, deliveries: list[Delivery]) -> None:
         if deliveries:
-            await apply_batch(await raw_connection(session), self.version, deliveries)
+            await apply_batch(await raw_connection(session), self.version, deliveries, self.warm)
 
     async def save_positions(self, session: AsyncSession, last: dict[tuple[str, int], int]) -> None:
         """Every record of the batch counts, applied or not (a duplicate the inbox absorbed, a
@@ -71,14 +111,20 @@ class Projector:
         )
 
 
-async def apply_batch(conn: asyncpg.Connection, version: int, deliveries: Sequence[Delivery]) -> None:
-    """Apply `deliveries` (in log order) to projection `version` within the caller's transaction."""
-    # Lock the chain head first: appends are serialized, so the chain can never fork.
+async def apply_batch(
+    conn: asyncpg.Connection, version: int, deliveries: Sequence[Delivery], warm: Warm | None = None
+) -> None:
+    """Apply `deliveries` (in log order) to projection `version` within the caller's transaction.
+    `warm`: what this caller's previous batches wrote, if it is still what the database holds."""
+    # Lock the version's head first: one writer per version at a time, so no chain can fork.
     await conn.execute(
-        "INSERT INTO chain_heads (version, seq, hash) VALUES ($1, 0, $2) ON CONFLICT DO NOTHING", version, GENESIS_HASH
+        "INSERT INTO chain_heads (version, seq, hash, scheme) VALUES ($1, 0, $2, $3) ON CONFLICT DO NOTHING",
+        version,
+        GENESIS_HASH,
+        PER_SUBJECT_CHAINS,
     )
-    head = await conn.fetchrow("SELECT seq, hash FROM chain_heads WHERE version = $1 FOR UPDATE", version)
-    seq, prev = int(head["seq"]), str(head["hash"])
+    head = await conn.fetchrow("SELECT seq, hash, scheme FROM chain_heads WHERE version = $1 FOR UPDATE", version)
+    seq, top, legacy = int(head["seq"]), str(head["hash"]), head["scheme"] == LEGACY_CHAIN
     # The positions stored with the rows are the authority on what this version has applied. The
     # consumer seeks past them, but only after a rebalance's fetches may have started from the
     # group's offsets (aiokafka runs the assignment listener late), so records at or before them
@@ -88,51 +134,89 @@ async def apply_batch(conn: asyncpg.Connection, version: int, deliveries: Sequen
         (r["topic"], r["partition"]): r["offset"]
         for r in await conn.fetch('SELECT topic, partition, "offset" FROM positions WHERE version = $1', version)
     }
-    deliveries = [d for d in deliveries if d.position[2] > applied.get(d.position[:2], -1)]
+    if applied:
+        deliveries = [d for d in deliveries if d.record.offset > applied.get((d.record.topic, d.record.partition), -1)]
     if not deliveries:
         return
+    if warm is None:
+        warm = Warm()
+    elif warm.seq != seq:  # someone else wrote since (or our last batch did not commit)
+        warm.states.clear()
+        warm.chains.clear()
+    warm.seq = -1  # until this batch is fully applied: its states are changed in place
 
-    ids = list({d.envelope.incident_id for d in deliveries if d.envelope.incident_id is not None})
     states: dict[uuid.UUID, IncidentState] = {}
-    if ids:
+    chains: dict[str, str] = {}  # the head of each aggregate's chain (PER_SUBJECT_CHAINS)
+    missing: list[uuid.UUID] = []
+    for incident_id in {d.envelope.incident_id for d in deliveries if d.envelope.incident_id is not None}:
+        if (state := warm.states.get(incident_id)) is not None:
+            states[incident_id] = state
+        else:
+            missing.append(incident_id)
+    if missing:
+        # One index probe per key (LATERAL ... LIMIT 1), whatever the table's statistics say.
         rows = await conn.fetch(
-            f"SELECT {', '.join(STATE_FIELDS)} FROM incidents WHERE version = $1 AND incident_id = ANY($2::uuid[])",
+            f"SELECT {', '.join('i.' + c for c in STATE_FIELDS)} FROM unnest($2::uuid[]) AS k(id),"
+            " LATERAL (SELECT * FROM incidents WHERE version = $1 AND incident_id = k.id LIMIT 1) AS i",
             version,
-            ids,
+            missing,
         )
-        states = {r["incident_id"]: state_from_row(r) for r in rows}
+        states.update((r["incident_id"], state_from_row(r)) for r in rows)
     stored = set(states)
+    if not legacy:
+        unknown: list[str] = []
+        for subject in {d.envelope.subject for d in deliveries}:
+            if (link := warm.chains.get(subject)) is not None:
+                chains[subject] = link
+            else:
+                unknown.append(subject)
+        if unknown:
+            rows = await conn.fetch(
+                "SELECT a.subject, a.hash FROM unnest($2::text[]) AS k(subject),"
+                " LATERAL (SELECT subject, hash FROM audit_chains WHERE version = $1 AND subject = k.subject LIMIT 1)"
+                " AS a",
+                version,
+                unknown,
+            )
+            chains.update((r["subject"], r["hash"]) for r in rows)
+    chain_seq: dict[str, int] = {}
 
     pending = _Pending()
+    timeline_rows = pending.timeline
     for d in deliveries:
         env = d.envelope
         payload_text = canonical_payload(env.payload)
-        digest = chain_hash(
-            prev,
-            canonical_event(
-                event_id=env.event_id,
-                event_type=env.event_type,
-                schema_version=env.schema_version,
-                incident_id=env.incident_id,
-                subject=env.subject,
-                occurred_at=env.occurred_at,
-                producer=env.producer,
-                correlation_id=env.correlation_id,
-                causation_id=env.causation_id,
-                actor=env.actor,
-                payload=payload_text,
-            ),
+        canonical = canonical_event(
+            event_id=env.event_id,
+            event_type=env.event_type,
+            schema_version=env.schema_version,
+            incident_id=env.incident_id,
+            subject=env.subject,
+            occurred_at=env.occurred_at,
+            producer=env.producer,
+            correlation_id=env.correlation_id,
+            causation_id=env.causation_id,
+            actor=env.actor,
+            payload=payload_text,
         )
         seq += 1
-        topic, partition, offset = d.position
-        pending.timeline.append(
+        if legacy:
+            prev = top
+            top = digest = chain_hash(prev, canonical)
+        else:
+            prev = chains.get(env.subject, GENESIS_HASH)
+            chains[env.subject] = digest = chain_hash(prev, canonical)
+            chain_seq[env.subject] = seq
+            top = fold_head(top, digest)
+        record = d.record
+        timeline_rows.append(
             (
                 version,
                 seq,
                 env.event_id,
                 env.event_type,
                 env.schema_version,
-                decode_status(env, d.payload, d.decode_error),
+                "ok" if d.payload is not None else decode_status(env, None, d.decode_error),
                 env.incident_id,
                 env.subject,
                 env.occurred_at,
@@ -141,45 +225,62 @@ async def apply_batch(conn: asyncpg.Connection, version: int, deliveries: Sequen
                 env.correlation_id,
                 env.causation_id,
                 payload_text,
-                topic,
-                partition,
-                offset,
+                record.topic,
+                record.partition,
+                record.offset,
                 prev,
                 digest,
             )
         )
-        prev = digest
         if env.incident_id is not None:
             _apply_to_incident(pending, states, stored, version, d)
 
-    await conn.copy_records_to_table("timeline", records=pending.timeline, columns=TIMELINE_COLUMNS)
+    await conn.copy_records_to_table("timeline", records=timeline_rows, columns=TIMELINE_COLUMNS)
     if pending.close_stored:
         closing = list(pending.close_stored.items())
+        # Each row is found by its own primary-key probe (LATERAL ... LIMIT 1 is never flattened
+        # into a join) and updated by its ctid, so the plan cannot degrade into reading the whole
+        # version, as a plain join did on a fresh (never analysed) table: quadratic over a rebuild.
         await conn.execute(
-            "UPDATE incident_versions AS iv SET valid_to = c.valid_to"
-            " FROM unnest($2::uuid[], $3::int[], $4::timestamptz[]) AS c(incident_id, seq, valid_to)"
-            " WHERE iv.version = $1 AND iv.incident_id = c.incident_id AND iv.seq = c.seq",
+            "WITH c AS (SELECT t.ctid AS tid, c.valid_to"
+            " FROM unnest($2::uuid[], $3::int[], $4::timestamptz[]) AS c(incident_id, seq, valid_to),"
+            " LATERAL (SELECT ctid FROM incident_versions"
+            " WHERE version = $1 AND incident_id = c.incident_id AND seq = c.seq LIMIT 1) AS t)"
+            " UPDATE incident_versions AS iv SET valid_to = c.valid_to FROM c"
+            " WHERE iv.ctid = ANY(ARRAY(SELECT tid FROM c)) AND iv.ctid = c.tid",
             version,
             [i for i, _ in closing],
             [s for _, (s, _) in closing],
             [t for _, (_, t) in closing],
         )
     if pending.history:
-        await conn.copy_records_to_table(
-            "incident_versions", records=[tuple(r) for r in pending.history], columns=VERSION_COLUMNS
-        )
+        await conn.copy_records_to_table("incident_versions", records=pending.history, columns=VERSION_COLUMNS)
     if states:
         # Replace the touched rows: a delete plus one COPY beats a row-by-row upsert.
         changed = list(states)
         await conn.execute(
-            "DELETE FROM incidents WHERE version = $1 AND incident_id = ANY($2::uuid[])", version, changed
+            "DELETE FROM incidents WHERE ctid = ANY(ARRAY(SELECT t.ctid FROM unnest($2::uuid[]) AS k(id),"
+            " LATERAL (SELECT ctid FROM incidents WHERE version = $1 AND incident_id = k.id LIMIT 1) AS t))",
+            version,
+            changed,
         )
         await conn.copy_records_to_table(
             "incidents",
             records=[(version, *states[i].__dict__.values()) for i in changed],
             columns=["version", *INCIDENT_COLUMNS],
         )
-    await conn.execute("UPDATE chain_heads SET seq = $2, hash = $3 WHERE version = $1", version, seq, prev)
+    if chain_seq:
+        await conn.execute(
+            "INSERT INTO audit_chains (version, subject, seq, hash)"
+            " SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::text[])"
+            " ON CONFLICT (version, subject) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash",
+            version,
+            list(chain_seq),
+            list(chain_seq.values()),
+            [chains[s] for s in chain_seq],
+        )
+    await conn.execute("UPDATE chain_heads SET seq = $2, hash = $3 WHERE version = $1", version, seq, top)
+    warm.keep(states, {s: chains[s] for s in chain_seq}, seq)
 
 
 def _apply_to_incident(
@@ -188,9 +289,12 @@ def _apply_to_incident(
     env = d.envelope
     assert env.incident_id is not None
     incident_id = env.incident_id
-    before = states.get(incident_id) or IncidentState(incident_id=incident_id)
-    after = apply_event(before, env, d.payload)
-    states[incident_id] = after
+    after = states.get(incident_id)
+    if after is None:
+        after = states[incident_id] = IncidentState(incident_id=incident_id)
+    # In place: the history row below snapshots the state (every field value is immutable).
+    count_before = after.event_count
+    evolve(after, env, d.payload)
     # The new state holds from this event's time (never before the previous change: producers'
     # clocks may disagree) until the next change.
     valid_from = after.last_event_at
@@ -199,14 +303,8 @@ def _apply_to_incident(
     if previous is not None:
         previous[3] = valid_from  # valid_to of the row written earlier in this batch
     elif incident_id in stored:
-        pending.close_stored[incident_id] = (before.event_count, valid_from)
-    record = [
-        version,
-        after.event_count,
-        valid_from,
-        None,
-        env.event_id,
-        *(getattr(after, c) for c in INCIDENT_COLUMNS),
-    ]
+        pending.close_stored[incident_id] = (count_before, valid_from)
+    # The state's fields are the incidents columns in order (asserted at import).
+    record = [version, after.event_count, valid_from, None, env.event_id, *after.__dict__.values()]
     pending.history.append(record)
     pending.open_history[incident_id] = record

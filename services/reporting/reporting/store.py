@@ -108,12 +108,26 @@ positions = sa.Table(
     sa.Column("offset", sa.BigInteger, nullable=False),
 )
 
-# The head of each version's audit hash chain; locked (FOR UPDATE) by every append, so two
-# appenders can never fork the chain.
+# The head of each version's audit trail: its last entry's seq and, per `scheme` (domain.
+# LEGACY_CHAIN, PER_SUBJECT_CHAINS), the last entry's hash or the chain over the per-aggregate
+# chains. Locked (FOR UPDATE) by every batch, so two appenders can never fork a chain.
 chain_heads = sa.Table(
     "chain_heads",
     metadata,
     sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.Text, nullable=False),
+    # Revision 0004: versions made before it keep their single chain (1).
+    sa.Column("scheme", sa.SmallInteger, nullable=False, server_default="2"),
+)
+
+# Revision 0004: the head of each aggregate's chain (PER_SUBJECT_CHAINS), where its next entry
+# links to: the subject's last entry (its global seq) and that entry's hash.
+audit_chains = sa.Table(
+    "audit_chains",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("subject", sa.Text, primary_key=True),
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("hash", sa.Text, nullable=False),
 )
@@ -154,7 +168,8 @@ incident_versions = sa.Table(
 # valid_from alone had to read every row that started before `as_of` (nearly all of history).
 sa.Index("incident_versions_valid", valid_range(incident_versions), postgresql_using="gist")
 
-# The timeline and audit trail: every event, in the order applied, hash-chained per version.
+# The timeline and audit trail: every event, in the order applied (seq), hash-chained per
+# aggregate (prev_hash: the hash of the same subject's entry before it; see chain_heads).
 timeline = sa.Table(
     "timeline",
     metadata,
@@ -185,4 +200,4 @@ sa.Index("timeline_incident", timeline.c.version, timeline.c.incident_id, timeli
 TIMELINE_COLUMNS = [c.name for c in timeline.columns]
 VERSION_COLUMNS = [c.name for c in incident_versions.columns]
 INCIDENT_COLUMNS = [c.name for c in incidents.columns if c.name != "version"]
-PROJECTION_TABLES = (positions, chain_heads, incidents, incident_versions, timeline)
+PROJECTION_TABLES = (positions, chain_heads, audit_chains, incidents, incident_versions, timeline)

@@ -183,6 +183,30 @@ def test_hash_chain_links_entries_and_notices_any_changed_field() -> None:
         assert chain_hash(GENESIS_HASH, _canonical(env, **change)) != base, change
 
 
+def test_canonical_bytes_are_those_every_stored_chain_was_hashed_over() -> None:
+    """The bytes an entry's hash covers never change: entries hashed before (str() of each id, the
+    time in UTC with microseconds) still verify, whatever types the ids and times arrive as."""
+    from datetime import timedelta, timezone
+
+    import orjson
+
+    env = f.logged(uuid.uuid4())
+    cause = uuid.uuid4()
+    payload = canonical_payload(env.payload)
+    written = orjson.dumps(
+        [str(env.event_id), env.event_type, env.schema_version, str(env.incident_id), env.subject,
+         env.occurred_at.isoformat(timespec="microseconds"), env.producer, "corr", str(cause), env.actor]
+    ) + b"\n" + payload.encode()  # fmt: skip
+    plus_two = env.occurred_at.astimezone(timezone(timedelta(hours=2))).replace(microsecond=0)
+    assert _canonical(env, correlation_id="corr", causation_id=cause) == written
+    assert _canonical(env, correlation_id="corr", causation_id=cause, occurred_at=plus_two) == written.replace(
+        env.occurred_at.isoformat(timespec="microseconds").encode(),
+        env.occurred_at.replace(microsecond=0).isoformat(timespec="microseconds").encode(),
+    )
+    with_none = orjson.loads(_canonical(env, incident_id=None, causation_id=None).split(b"\n")[0])
+    assert (with_none[3], with_none[8]) == (None, None)
+
+
 def test_canonical_payload_ignores_key_order() -> None:
     assert canonical_payload({"b": 1, "a": {"d": 2, "c": 3}}) == canonical_payload({"a": {"c": 3, "d": 2}, "b": 1})
 

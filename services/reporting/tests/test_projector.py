@@ -13,8 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from opsledger.bus.consumer import Delivery
 from reporting import queries
+from reporting.domain import GENESIS_HASH, LEGACY_CHAIN, PER_SUBJECT_CHAINS, fold_head
 from reporting.projector import Projector, raw_connection
-from reporting.store import chain_heads, incident_versions, incidents, positions, timeline
+from reporting.store import audit_chains, chain_heads, incident_versions, incidents, positions, timeline
 from reporting.versions import stored_positions
 
 from . import factory as f
@@ -79,7 +80,7 @@ async def test_batch_boundaries_do_not_change_the_read_model(reporting_db: Sessi
     await apply(reporting_db, events, version=1)
     for d in events:
         await apply(reporting_db, [d], version=2)
-    for table in (incidents, incident_versions, timeline, positions, chain_heads):
+    for table in (incidents, incident_versions, timeline, positions, chain_heads, audit_chains):
         assert await table_rows(reporting_db, table, 1) == await table_rows(reporting_db, table, 2), table.name
     async with reporting_db() as session:
         assert (await queries.verify_chain(session, 2))["ok"]
@@ -199,3 +200,131 @@ async def test_list_pages_and_as_of_are_read_through_indexes(reporting_db: Sessi
                     assert "incident_versions_valid" in plan, plan
     finally:
         sa.event.remove(engine.sync_engine, "before_cursor_execute", capture)
+
+
+async def test_each_incident_has_its_own_chain_and_the_head_chains_them(reporting_db: Sessions) -> None:
+    """An entry links to the entry before it of the same incident (its timeline is a chain on its
+    own); the version's head folds every entry's hash in, in applied order."""
+    events = f.deliveries(interleaved())
+    await apply(reporting_db, events[:20])
+    await apply(reporting_db, events[20:])
+    async with reporting_db() as session:
+        report = await queries.verify_chain(session, 1)
+        for incident in {d.envelope.incident_id for d in events}:
+            entries = await queries.incident_timeline(session, 1, incident)  # type: ignore[arg-type]
+            assert entries[0]["prev_hash"] == GENESIS_HASH
+            assert [e["prev_hash"] for e in entries[1:]] == [e["hash"] for e in entries[:-1]]
+        rows = (
+            await session.execute(sa.select(timeline).where(timeline.c.version == 1).order_by(timeline.c.seq))
+        ).all()
+        heads = {r.subject: (r.seq, r.hash) for r in await session.execute(sa.select(audit_chains))}
+        head = (await session.execute(sa.select(chain_heads))).one()
+    top = GENESIS_HASH
+    for r in rows:
+        top = fold_head(top, r.hash)
+    assert report == {"ok": True, "version": 1, "entries_checked": len(events), "head_hash": top}
+    assert (head.seq, head.hash, head.scheme) == (len(events), top, PER_SUBJECT_CHAINS)
+    assert heads == {r.subject: (r.seq, r.hash) for r in rows}, "each chain's head is its last entry"
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ("UPDATE timeline SET payload = '{\"forged\": true}' WHERE version = 1 AND seq = 11", "content"),
+        ("UPDATE timeline SET occurred_at = occurred_at + interval '1 second'"
+         " WHERE version = 1 AND seq = 11", "content"),
+        ("UPDATE timeline SET prev_hash = (SELECT hash FROM timeline WHERE version = 1 AND seq = 10)"
+         " WHERE version = 1 AND seq = 11", "prev_hash"),
+        ("DELETE FROM timeline WHERE version = 1 AND seq = 11", "missing"),
+    ],
+)  # fmt: skip
+async def test_verify_names_the_first_altered_entry_of_any_chain(
+    reporting_db: Sessions, change: str, problem: str
+) -> None:
+    """With a chain per incident, an altered, relinked or deleted entry is still named, by its
+    place in the applied order, and nothing after it counts as checked."""
+    events = f.deliveries(interleaved())
+    await apply(reporting_db, events)
+    async with reporting_db() as session, session.begin():
+        victim = (await session.execute(sa.select(timeline).where(timeline.c.version == 1, timeline.c.seq == 11))).one()
+        await session.execute(sa.text(change))
+    async with reporting_db() as session:
+        report = await queries.verify_chain(session, 1)
+    assert not report["ok"] and report["entries_checked"] == 10
+    mismatch = report["first_mismatch"]
+    assert problem in mismatch["problem"]
+    if problem == "missing":
+        assert mismatch["seq"] == 12
+    else:
+        assert (mismatch["seq"], mismatch["event_id"]) == (11, str(victim.event_id))
+        assert mismatch["incident_id"] == str(victim.incident_id)
+
+
+async def test_verify_notices_an_altered_or_truncated_head(reporting_db: Sessions) -> None:
+    events = f.deliveries(interleaved())
+    await apply(reporting_db, events)
+    async with reporting_db() as session, session.begin():
+        await session.execute(sa.text("UPDATE chain_heads SET hash = repeat('1', 64) WHERE version = 1"))
+    async with reporting_db() as session:
+        report = await queries.verify_chain(session, 1)
+    assert not report["ok"] and report["entries_checked"] == len(events)
+    assert "head" in report["first_mismatch"]["problem"]
+    async with reporting_db() as session, session.begin():
+        last = len(events)
+        await session.execute(sa.text(f"DELETE FROM timeline WHERE version = 1 AND seq = {last}"))
+    async with reporting_db() as session:
+        report = await queries.verify_chain(session, 1)
+    assert not report["ok"] and report["first_mismatch"]["seq"] == last
+
+
+async def test_a_version_chained_before_revision_0004_keeps_its_single_chain(reporting_db: Sessions) -> None:
+    """A version made before per-incident chains (scheme 1) is appended to and verified as one
+    chain through every entry, as it was written."""
+    events = f.deliveries(interleaved())
+    async with reporting_db() as session, session.begin():
+        await session.execute(chain_heads.insert().values(version=1, seq=0, hash=GENESIS_HASH, scheme=LEGACY_CHAIN))
+    await apply(reporting_db, events[:15])
+    await apply(reporting_db, events[15:])
+    async with reporting_db() as session:
+        rows = (
+            await session.execute(sa.select(timeline).where(timeline.c.version == 1).order_by(timeline.c.seq))
+        ).all()
+        report = await queries.verify_chain(session, 1)
+    assert [r.prev_hash for r in rows] == [GENESIS_HASH, *(r.hash for r in rows[:-1])]
+    assert report == {"ok": True, "version": 1, "entries_checked": len(events), "head_hash": rows[-1].hash}
+    async with reporting_db() as session, session.begin():
+        await session.execute(sa.text("UPDATE timeline SET actor = 'mallory' WHERE version = 1 AND seq = 17"))
+    async with reporting_db() as session:
+        report = await queries.verify_chain(session, 1)
+    assert not report["ok"] and report["first_mismatch"]["seq"] == 17 and report["entries_checked"] == 16
+
+
+async def test_what_a_projector_keeps_in_memory_never_outlives_the_database(reporting_db: Sessions) -> None:
+    """A projector reuses the states and chain heads its last batch wrote only while the version's
+    head is where it left it: after another writer's batch, or its own batch rolled back, it reads
+    them again. Either way the rows are those of one projector applying everything."""
+    events = f.deliveries(interleaved())
+    reference = Projector(2)
+    async with reporting_db() as session, session.begin():
+        await reference(session, events)
+        await reference.save_positions(session, f.last_positions(events))
+
+    first, second = Projector(1), Projector(1)
+
+    async def run(projector: Projector, batch: list[Delivery], commit: bool = True) -> None:
+        async with reporting_db() as session:
+            transaction = await session.begin()
+            await projector(session, batch)
+            await projector.save_positions(session, f.last_positions(batch))
+            await (transaction.commit() if commit else transaction.rollback())
+
+    await run(first, events[:8])
+    await run(second, events[8:14])  # another replica's batch: first's memory is stale now
+    await run(first, events[14:20])
+    await run(first, events[20:26], commit=False)  # rolled back: its memory is ahead of the database
+    await run(first, events[20:26])
+    await run(first, events[26:])
+    for table in (incidents, incident_versions, timeline, positions, chain_heads, audit_chains):
+        assert await table_rows(reporting_db, table, 1) == await table_rows(reporting_db, table, 2), table.name
+    async with reporting_db() as session:
+        assert (await queries.verify_chain(session, 1))["ok"]
