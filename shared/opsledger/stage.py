@@ -225,8 +225,8 @@ class Stage(Generic[S, C]):
     ) -> None:
         if decision.state is not None and decision.state is not states.get(incident_id):
             states[incident_id] = changed[incident_id] = decision.state
-        uow.cancel_later(*decision.cancel)
-        uow.schedule_later(*decision.schedule)
+        uow.cancel(*decision.cancel)
+        uow.schedule(*decision.schedule)
 
     def _correlation_of(self, state: S | None) -> str | None:
         return self.correlation(state) if self.correlation is not None and state is not None else None

@@ -6,10 +6,9 @@ happened, never before: no caller places a wake-up by hand."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -35,25 +34,17 @@ class UnitOfWork:
         """Stage events; they enter the outbox in this transaction, in this order."""
         self.staged.extend(envelopes)
 
-    def schedule_later(self, *items: timers.Timer) -> None:
-        """Stage timers to schedule when the unit flushes (one statement for the whole unit)."""
+    def schedule(self, *items: timers.Timer) -> None:
+        """Stage timers (rescheduling a key replaces it); written with one statement when the unit
+        flushes, in this transaction."""
         for item in items:
             timers.kind_of(item.key)
             self.timer_changes[item.key] = item
 
-    def cancel_later(self, *keys: str) -> None:
+    def cancel(self, *keys: str) -> None:
+        """Stage the cancellation of timers (an unknown key is no error); the last change of a key wins."""
         for key in keys:
             self.timer_changes[key] = None
-
-    async def schedule(self, key: str, due_at: datetime, data: dict[str, Any] | None = None) -> None:
-        """Schedule a timer now (in this transaction)."""
-        await timers.schedule(self.session, key, due_at, data)
-
-    async def schedule_many(self, items: Sequence[timers.Timer]) -> None:
-        await timers.schedule_many(self.session, items)
-
-    async def cancel(self, *keys: str) -> None:
-        await timers.cancel(self.session, *keys)
 
     async def flush(self) -> None:
         """Write the staged timers and events now (done for you before commit)."""

@@ -68,7 +68,7 @@ async def outbox_events(engine: AsyncEngine) -> list[Envelope]:
 
 async def schedule(engine: AsyncEngine, settings: ServiceSettings, items: list[Timer]) -> None:
     async with unit_of_work(make_sessionmaker(engine), Outbox(settings), Clock()) as uow:
-        await uow.schedule_many(items)
+        uow.schedule(*items)
 
 
 async def test_nothing_is_scheduled_when_the_caller_rolls_back(engine: AsyncEngine) -> None:
@@ -247,6 +247,6 @@ async def test_a_service_built_with_timer_handlers_runs_them(
     async with running_app(app):
         runtime = app.state.runtime
         async with runtime.unit_of_work() as uow:
-            await uow.schedule("demo:now", datetime.now(UTC))
+            uow.schedule(Timer("demo:now", datetime.now(UTC)))
         rows = await eventually(lambda: fired_rows(runtime.engine), timeout=10, what="fired by the service's runner")
         assert [row.key for row in rows] == ["demo:now"]

@@ -89,7 +89,7 @@ class Webhooks:
                 )
         for subscription_id, event_id in await store.add_deliveries(uow.session, rows):
             data = {"subscription_id": subscription_id, "event_id": str(event_id)}
-            uow.schedule_later(Timer(notify.timer_key(event_id, subscription_id), uow.now, data))
+            uow.schedule(Timer(notify.timer_key(event_id, subscription_id), uow.now, data))
 
     async def fire(self, session: AsyncSession, fired: list[FiredTimer]) -> None:
         """Send the due deliveries concurrently (a slow receiver costs at most the timeout), record
