@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Throwaway PostgreSQL cluster in a git-ignored project folder, no Docker, no system service.
-#   deploy/local/postgres.sh start|stop|status|createdb NAME...
+#   deploy/local/postgres.sh start|stop|crash|status|createdb NAME...
 # Env: PG_PORT (5432), PG_DIR (<repo>/.local/postgres), PG_USER (opsledger).
 # PostgreSQL refuses to run as root, so as root the server runs as the unprivileged PG_OS_USER.
 set -euo pipefail
@@ -97,10 +97,18 @@ createdbs() {
   done
 }
 
+# Abrupt end, as a crash: every session cut at once, no checkpoint, crash recovery at the next
+# start (fault tests). Unlike a SIGKILL of the postmaster it leaves no zombie holding the lock file.
+crash() {
+  BIN=$(find_bindir) || return 0
+  if running; then as_owner "$BIN/pg_ctl" -D "$DATA" -m immediate -w -t 60 stop >/dev/null; fi
+}
+
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
+  crash) crash ;;
   status) BIN=$(find_bindir) && running ;;
   createdb) shift; createdbs "$@" ;;
-  *) echo "usage: $0 start|stop|status|createdb NAME..." >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|crash|status|createdb NAME..." >&2; exit 2 ;;
 esac
