@@ -193,12 +193,13 @@ async def test_a_sleeping_runner_is_woken_by_an_earlier_timer_committed_in_this_
     stop = asyncio.Event()
     task = asyncio.create_task(r.run(stop))
     try:
-        await eventually(lambda: _is_sleeping(r), timeout=10, what="runner asleep until the far timer")
+        await eventually(lambda: _is_sleeping(r), timeout=30, what="runner asleep until the far timer")
         due = datetime.now(UTC) + timedelta(milliseconds=200)
         await schedule(engine, settings, [Timer("demo:soon", due)])
-        rows = await eventually(lambda: fired_rows(engine), timeout=5, what="the earlier timer fired")
+        rows = await eventually(lambda: fired_rows(engine), timeout=60, what="the earlier timer fired")
         assert [row.key for row in rows] == ["demo:soon"]
-        assert rows[0].fired_at - due < timedelta(seconds=1)
+        # Woken by the commit, not left to its 10-minute sleep (how soon is bench/timers.py's to say).
+        assert rows[0].fired_at - due < timedelta(minutes=1)
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
