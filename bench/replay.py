@@ -368,7 +368,7 @@ async def main() -> int:
         await ensure_topics(settings)
         print(f"generating {args.events:,} events onto {prefix}.* ({args.partitions} partitions) ...", flush=True)
         produced, produce_s = await produce(settings, args.events)
-        await asyncio.to_thread(migrations.upgrade, MIGRATIONS, settings.database_url)
+        await migrations.upgrade_async(MIGRATIONS, settings.database_url)
         print("raw aiokafka consume ...", flush=True)
         ends, consumed, raw_s = await raw_consume(settings, topics)
         print("rebuilding all projections into a fresh database ...", flush=True)

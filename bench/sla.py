@@ -133,7 +133,7 @@ async def main(clocks: int, due: int, lead: float, idle_seconds: float) -> None:
     incidents = clocks // 2
     proc: ServiceProcess | None = None
     try:
-        await asyncio.to_thread(migrations.upgrade, MIGRATIONS, url)
+        await migrations.upgrade_async(MIGRATIONS, url)
         compiled = policy.build_policy(1, bench_rules())
         engine = make_engine(settings)
         async with make_sessionmaker(engine)() as session, session.begin():

@@ -46,7 +46,7 @@ async def main(pending: int, due: int, lead: float, idle_seconds: float) -> None
     name = infra.unique("bench_timers_")
     url = await infra.create_database(name)
     settings = ServiceSettings(service_name="bench-timers", database_url=url)
-    await asyncio.to_thread(migrations.upgrade, MIGRATIONS, url)
+    await migrations.upgrade_async(MIGRATIONS, url)
     engine = make_engine(settings)
     sessionmaker = make_sessionmaker(engine)
     outbox = Outbox(settings)

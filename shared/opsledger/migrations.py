@@ -77,9 +77,9 @@ def upgrade(script_location: Path, database_url: str, revision: str = "heads") -
     command.upgrade(_config(script_location, database_url), revision)
 
 
-async def upgrade_async(script_location: Path, database_url: str) -> None:
+async def upgrade_async(script_location: Path, database_url: str, revision: str = "heads") -> None:
     """`upgrade`, from inside a running event loop (in a thread)."""
-    await asyncio.to_thread(upgrade, script_location, database_url)
+    await asyncio.to_thread(upgrade, script_location, database_url, revision)
 
 
 def run_env(target_metadata: sa.MetaData | None = None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -18,7 +17,7 @@ from reporting.settings import Settings
 @pytest.fixture
 async def reporting_db(make_database: Callable[..., Any]) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     url = await make_database()
-    await asyncio.to_thread(migrations.upgrade, MIGRATIONS, url)
+    await migrations.upgrade_async(MIGRATIONS, url)
     engine = make_engine(Settings(database_url=url))
     yield make_sessionmaker(engine)
     await engine.dispose()

@@ -383,7 +383,7 @@ async def test_incidents_known_before_clocks_existed_are_kept_by_the_migration(
     infra: TestInfra, make_database: Callable[..., Any]
 ) -> None:
     url = await make_database()
-    await asyncio.to_thread(migrations.upgrade, MIGRATIONS, url, "0001")  # the skeleton's schema
+    await migrations.upgrade_async(MIGRATIONS, url, "0001")  # the skeleton's schema
     engine = create_async_engine(url)
     incident = uuid.uuid4()
     try:
