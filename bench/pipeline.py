@@ -16,7 +16,7 @@ import re
 import statistics
 import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -25,6 +25,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("triage", "assignment")
+# Where the time goes, hop by hop: (from, to, what spends it).
+HOPS = (
+    ("IncidentLogged", "IncidentLogged on the log", "intake's relay"),
+    ("IncidentLogged on the log", "IncidentPrioritized", "triage's consumer"),
+    ("IncidentPrioritized", "IncidentPrioritized on the log", "triage's relay"),
+    ("IncidentPrioritized on the log", "IncidentAssigned", "assignment's consumer"),
+)
 
 
 def platform_env() -> dict[str, str]:
@@ -76,7 +83,8 @@ async def lag_of(env: dict[str, str], service: str) -> float:
 
 
 async def events_of(env: dict[str, str], run: str, expected: int, timeout: float) -> dict[str, dict[str, datetime]]:
-    """incident -> event type -> occurred_at, for the run's incidents, reading until every one has
+    """incident -> event type -> occurred_at (and "<type> on the log" -> the record's timestamp,
+    set by the relay's producer as it sends), for the run's incidents, reading until every one has
     been assigned (or the timeout)."""
     topic = f"{env['OPSLEDGER_TOPIC_PREFIX']}.incidents"
     consumer = AIOKafkaConsumer(
@@ -104,6 +112,8 @@ async def events_of(env: dict[str, str], run: str, expected: int, timeout: float
                     if event["event_type"] in ("IncidentLogged", "IncidentPrioritized", "IncidentAssigned"):
                         at = datetime.fromisoformat(event["occurred_at"])
                         seen.setdefault(incident, {}).setdefault(event["event_type"], at)
+                        sent = datetime.fromtimestamp(record.timestamp / 1000, UTC)
+                        seen[incident].setdefault(f"{event['event_type']} on the log", sent)
             done = [i for i in mine if "IncidentAssigned" in seen.get(i, {})]
             if len(mine) >= expected and len(done) >= len(mine):
                 break
@@ -155,6 +165,11 @@ async def main() -> None:
             f"{pct(prioritized, 99):>14.0f}  {statistics.median(assigned or [0]):>12.0f} / {pct(assigned, 99):>13.0f}"
             f"  {lag:>14}  {caught_up:>8.1f}s"
         )
+        hops = []
+        for start, end, who in HOPS:
+            spans = [(e[end] - e[start]).total_seconds() * 1000 for e in events.values() if start in e and end in e]
+            hops.append(f"{who} {statistics.median(spans or [0]):.0f}/{pct(spans, 99):.0f}")
+        print("       hops p50/p99 ms: " + ", ".join(hops))
         if len(assigned) < accepted:
             print(f"       only {len(assigned)} of {accepted} incidents were assigned within the time allowed")
     print("RSS after the run (MB): " + ", ".join(f"{s} {mb:.0f}" for s, mb in rss_mb().items()))

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
@@ -26,6 +28,36 @@ def make_engine(settings: ServiceSettings) -> AsyncEngine:
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+# What a statement raises when the database is away (down, restarting, shutting down) or the pool
+# is exhausted, through SQLAlchemy or on a driver connection: nothing was committed, retry later.
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    OSError,
+    TimeoutError,
+)
+
+
+async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection under `session`, inside the session's transaction: for hot or
+    set-based statements (unnest, COPY) that SQLAlchemy's per-statement work would slow down.
+    asyncpg prepares each statement once per connection and caches it."""
+    conn = await session.connection()
+    fairy = await conn.get_raw_connection()
+    # SQLAlchemy's asyncpg adapter sends BEGIN lazily, with the first statement it runs: without
+    # one, a statement sent on the driver connection would run (and commit) on its own.
+    if getattr(fairy.dbapi_connection, "_transaction", None) is None:
+        await conn.exec_driver_sql("SELECT 1")
+    driver = fairy.driver_connection
+    assert isinstance(driver, asyncpg.Connection)
+    return driver
 
 
 _AFTER_COMMIT = "opsledger.after_commit"

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy.ext.asyncio import AsyncSession
+import asyncpg
 
 from intake import store
 from intake.domain import (
@@ -27,6 +27,7 @@ from intake.domain import (
 from intake.errors import FieldError, Rejected
 from intake.integration_keys import PRODUCER, Integration
 from opsledger.bus.outbox import Outbox
+from opsledger.db import driver_connection
 from opsledger.events import Envelope, EventPayload, new_event
 
 if TYPE_CHECKING:
@@ -69,23 +70,29 @@ async def ingest_alerts(
 
 
 async def apply_alerts(
-    session: AsyncSession, outbox: Outbox, requests: Sequence[AlertRequest], *, now: datetime, policy: FlapPolicy
+    conn: asyncpg.Connection,
+    outbox: Outbox,
+    requests: Sequence[AlertRequest],
+    *,
+    now: datetime,
+    policy: FlapPolicy,
 ) -> list[list[Result]]:
     """Apply several requests in the caller's transaction, one after the other, as if each had
     its own: one lock statement per integration, one write per table. A request that raises (413:
-    an event too large for the log) raises for all; the caller then retries them one by one."""
+    an event too large for the log) raises for all; the caller then retries them one by one. The
+    caller wakes the outbox relay once the transaction has committed."""
     keys: dict[str, set[str]] = {}
     for request in requests:
         keys.setdefault(request.scope, set()).update(s.dedup_key for s in request.signals)
     states: dict[tuple[str, str], AlertState] = {}
     # One lock order for everyone, (integration, key): two transactions sharing keys cannot deadlock.
     for scope in sorted(keys):
-        for key, state in (await store.lock_states(session, scope, sorted(keys[scope]))).items():
+        for key, state in (await store.lock_states(conn, scope, sorted(keys[scope]))).items():
             states[(scope, key)] = state
     before = dict(states)
     answers: list[list[Result]] = []
     envelopes: list[Envelope] = []
-    opened: list[dict[str, object]] = []
+    opened: list[store.LoggedIncident] = []
     for request in requests:
         results: list[Result] = []
         for signal in request.signals:
@@ -104,23 +111,19 @@ async def apply_alerts(
                 for payload in outcome.events
             )
             if outcome.opened:
+                assert outcome.incident_id is not None
                 opened.append(
-                    {
-                        "incident_id": outcome.incident_id,
-                        "source": signal.source,
-                        "scope": request.scope,
-                        "dedup_key": signal.dedup_key,
-                        "title": signal.title,
-                        "logged_at": now,
-                    }
+                    store.LoggedIncident(
+                        outcome.incident_id, signal.source, request.scope, signal.dedup_key, signal.title, now
+                    )
                 )
             results.append(Result(signal.dedup_key, outcome.action, outcome.incident_id))
         answers.append(results)
     for scope in sorted(keys):
         changed = {k: st for (sc, k), st in states.items() if sc == scope and st != before[(sc, k)]}
-        await store.save_states(session, scope, changed)
-    await store.record_incidents(session, opened)
-    await outbox.add(session, envelopes)
+        await store.save_states(conn, scope, changed)
+    await store.record_incidents(conn, opened)
+    await outbox.stage(conn, envelopes)
     return answers
 
 
@@ -150,18 +153,7 @@ async def ingest_report(runtime: IntakeRuntime, report: Report, actor: str, corr
     payload = report_logged(report, incident_id=incident_id, received_at=now)
     envelope = _event(payload, actor=actor, incident_id=incident_id, correlation_id=correlation_id, now=now)
     async with runtime.admission.slot(), runtime.sessionmaker() as session, session.begin():
-        await store.record_incidents(
-            session,
-            [
-                {
-                    "incident_id": incident_id,
-                    "source": "manual",
-                    "scope": None,
-                    "dedup_key": payload.dedup_key,
-                    "title": report.title,
-                    "logged_at": now,
-                }
-            ],
-        )
+        logged = store.LoggedIncident(incident_id, "manual", None, payload.dedup_key, report.title, now)
+        await store.record_incidents(await driver_connection(session), [logged])
         await runtime.outbox.add(session, [envelope])
     return incident_id

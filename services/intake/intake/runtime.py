@@ -35,7 +35,7 @@ class IntakeRuntime(Runtime[Settings]):
     def group_commit(self) -> GroupCommit:
         """Where alert requests wait to share a transaction."""
         flapping = FlapPolicy(self.settings.flap_max_transitions, timedelta(minutes=self.settings.flap_window_minutes))
-        return GroupCommit(self.settings, self.sessionmaker, self.outbox, self.clock, flapping)
+        return GroupCommit(self.settings, self.engine, self.outbox, self.clock, flapping)
 
 
 IntakeRuntimeDep = Annotated[IntakeRuntime, Depends(runtime_of)]

@@ -16,16 +16,16 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from opsledger import metrics, retry
 from opsledger.bus.deadletter import DeadLetter, send_dead_letters
 from opsledger.bus.producer import Message, send_all
 from opsledger.bus.topics import MAX_EVENT_BYTES
-from opsledger.db import after_commit, inbox_table, outbox_table
+from opsledger.db import after_commit, driver_connection, inbox_table, outbox_table
 from opsledger.events.envelope import Envelope
 from opsledger.events.registry import registry
 from opsledger.lease import Lease
@@ -36,6 +36,14 @@ log = logging.getLogger(__name__)
 RELAY_LEASE = "outbox-relay"
 # Inbox rows are deleted in slices of this many, so a purge never holds a long transaction.
 INBOX_PURGE_SLICE = 10_000
+
+
+# Rows keep the order of the arrays, so the relay publishes in the order the events were staged.
+_STAGE = (
+    "INSERT INTO outbox (event_id, topic, key, value)"
+    " SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[])"
+    " ON CONFLICT (event_id) DO NOTHING"
+)
 
 
 class EventTooLarge(ValueError):
@@ -54,16 +62,25 @@ class Outbox:
     async def add(self, session: AsyncSession, envelopes: Sequence[Envelope]) -> None:
         """Stage events in the caller's transaction. An event id already staged is skipped, which
         is what makes re-deriving an event (same deterministic id) harmless."""
+        if envelopes:
+            await self.stage(await driver_connection(session), envelopes)
+            after_commit(session, self.wake)
+
+    async def stage(self, conn: asyncpg.Connection, envelopes: Sequence[Envelope]) -> None:
+        """`add` on a driver connection whose transaction the caller runs: it calls `wake` once
+        that transaction has committed. One statement, prepared once, whatever the count."""
         if not envelopes:
             return
-        rows = []
+        ids, topics, keys, values = [], [], [], []
         for e in envelopes:
             value = e.to_bytes()
             if len(value) > MAX_EVENT_BYTES:
                 raise EventTooLarge(f"{e.event_type} {e.event_id}: {len(value)} bytes, over {MAX_EVENT_BYTES}")
-            rows.append({"event_id": e.event_id, "topic": self.topic_for(e), "key": e.key, "value": value})
-        await session.execute(pg_insert(outbox_table).on_conflict_do_nothing(index_elements=["event_id"]), rows)
-        after_commit(session, self.wake)
+            ids.append(e.event_id)
+            topics.append(self.topic_for(e))
+            keys.append(e.key)
+            values.append(value)
+        await conn.execute(_STAGE, ids, topics, keys, values)
 
     def wake(self) -> None:
         """Tell the relay in this process there is something new (`add` does, on commit)."""
