@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -145,8 +145,15 @@ class LoggedIncident:
 
 async def record_incidents(conn: asyncpg.Connection, incidents: Sequence[LoggedIncident]) -> None:
     if incidents:
-        columns = zip(*(astuple(i) for i in incidents), strict=True)
-        await conn.execute(_RECORD_INCIDENTS, *(list(c) for c in columns))
+        await conn.execute(
+            _RECORD_INCIDENTS,
+            [i.incident_id for i in incidents],
+            [i.source for i in incidents],
+            [i.scope for i in incidents],
+            [i.dedup_key for i in incidents],
+            [i.title for i in incidents],
+            [i.logged_at for i in incidents],
+        )
 
 
 async def update_incident_states(
