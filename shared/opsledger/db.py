@@ -96,6 +96,8 @@ def backbone_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table, sa.Table
         sa.Column("value", sa.LargeBinary, nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
         sa.Column("sent_at", sa.DateTime(timezone=True)),
+        # Sent as the record's `event_type` header (see bus.consumer); null in rows staged before it.
+        sa.Column("event_type", sa.Text),
     )
     sa.Index("outbox_unsent", outbox.c.id, postgresql_where=outbox.c.sent_at.is_(None))
     inbox = sa.Table(

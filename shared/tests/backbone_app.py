@@ -9,6 +9,7 @@ import signal
 import sys
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -71,7 +72,7 @@ class DiesAfterPublish(OutboxRelay):
     """Dies by SIGKILL right after Kafka acknowledged the batch but before the rows are marked
     sent: the next relay publishes the batch a second time."""
 
-    async def _mark_sent(self, session: AsyncSession, ids: list[int]) -> None:
+    async def _mark_sent(self, conn: asyncpg.Connection, ids: list[int]) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -104,15 +104,16 @@ async def test_a_batch_loads_once_saves_once_and_reuses_the_compiled_policy(engi
     incidents = [uuid.uuid4() for _ in range(5)]
     async with unit_of_work(sessionmaker, outbox, clock) as uow:
         await triage.stage.handle(uow, [delivery(logged(i)) for i in incidents])
-    # Load, versions in force, configs at those versions (first build), one multi-row upsert,
-    # the outbox insert; the transaction's BEGIN and COMMIT are not cursor statements.
-    assert statements.take() == ["SELECT", "SELECT", "SELECT", "INSERT", "INSERT"]
+    # Load, versions in force, configs at those versions (first build), one upsert (executed for
+    # every row); the transaction's BEGIN and COMMIT are not cursor statements, and the outbox
+    # stages its rows with one statement on the driver connection, which SQLAlchemy does not see.
+    assert statements.take() == ["SELECT", "SELECT", "SELECT", "INSERT"]
     assert triage.policies.builds == 1
 
     async with unit_of_work(sessionmaker, outbox, clock) as uow:
         await triage.stage.handle(uow, [delivery(correlated(i, "critical")) for i in incidents])
     # The policy came from the cache: one query for the versions, none for the bodies.
-    assert statements.take() == ["SELECT", "SELECT", "INSERT", "INSERT"]
+    assert statements.take() == ["SELECT", "SELECT", "INSERT"]
     assert triage.policies.builds == 1
 
     async with sessionmaker() as session:

@@ -20,6 +20,7 @@ from opsledger import metrics, retry
 from opsledger.bus import inbox
 from opsledger.bus.deadletter import DeadLetter, send_dead_letters
 from opsledger.bus.outbox import Outbox
+from opsledger.bus.producer import EVENT_TYPE_HEADER
 from opsledger.events.envelope import Envelope
 from opsledger.events.registry import (
     EventPayload,
@@ -245,7 +246,11 @@ class EventConsumer:
     def _decode(self, records: Sequence[ConsumerRecord]) -> tuple[list[Delivery], BatchResult]:
         result = BatchResult()
         decoded: list[Delivery] = []
+        wanted = self._wanted_types
         for record in records:
+            if wanted is not None and _declared_type(record) not in wanted:
+                result.skipped += 1
+                continue
             try:
                 envelope = Envelope.from_bytes(record.value)
             except Exception as exc:  # not JSON, or not an envelope
@@ -269,6 +274,13 @@ class EventConsumer:
                 # Parked, not dropped: after an upgrade it can be replayed from the DLQ.
                 result.deadlettered.append(self._letter(record, error))
         return decoded, result
+
+    @functools.cached_property
+    def _wanted_types(self) -> frozenset[bytes | None] | None:
+        """The `event_type` header values worth parsing (None: a record sent without the header)."""
+        if self.spec.event_types is None:
+            return None
+        return frozenset({None, *(t.encode() for t in self.spec.event_types)})
 
     def _letter(self, record: ConsumerRecord, error: str) -> DeadLetter:
         where = f"{record.topic}:{record.partition}@{record.offset}"
@@ -336,3 +348,10 @@ class EventConsumer:
                 metrics.CONSUMER_LAG.labels(
                     self.settings.service_name, self.spec.name, tp.topic, str(tp.partition)
                 ).set(max(high - recs[-1].offset - 1, 0))
+
+
+def _declared_type(record: ConsumerRecord) -> bytes | None:
+    for name, value in record.headers or ():
+        if name == EVENT_TYPE_HEADER:
+            return bytes(value)
+    return None

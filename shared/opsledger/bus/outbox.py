@@ -17,15 +17,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
-import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from opsledger import metrics, retry
 from opsledger.bus.deadletter import DeadLetter, send_dead_letters
-from opsledger.bus.producer import Message, send_all
+from opsledger.bus.producer import EVENT_TYPE_HEADER, Message, send_all
 from opsledger.bus.topics import MAX_EVENT_BYTES
-from opsledger.db import after_commit, driver_connection, inbox_table, outbox_table
+from opsledger.db import after_commit, driver_connection
 from opsledger.events.envelope import Envelope
 from opsledger.events.registry import registry
 from opsledger.lease import Lease
@@ -40,10 +39,13 @@ INBOX_PURGE_SLICE = 10_000
 
 # Rows keep the order of the arrays, so the relay publishes in the order the events were staged.
 _STAGE = (
-    "INSERT INTO outbox (event_id, topic, key, value)"
-    " SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[])"
+    "INSERT INTO outbox (event_id, topic, key, value, event_type)"
+    " SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[], $5::text[])"
     " ON CONFLICT (event_id) DO NOTHING"
 )
+
+
+_UNSENT = "SELECT id, topic, key, value, event_type FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1"
 
 
 class EventTooLarge(ValueError):
@@ -71,7 +73,7 @@ class Outbox:
         that transaction has committed. One statement, prepared once, whatever the count."""
         if not envelopes:
             return
-        ids, topics, keys, values = [], [], [], []
+        ids, topics, keys, values, types = [], [], [], [], []
         for e in envelopes:
             value = e.to_bytes()
             if len(value) > MAX_EVENT_BYTES:
@@ -80,7 +82,8 @@ class Outbox:
             topics.append(self.topic_for(e))
             keys.append(e.key)
             values.append(value)
-        await conn.execute(_STAGE, ids, topics, keys, values)
+            types.append(e.event_type)
+        await conn.execute(_STAGE, ids, topics, keys, values, types)
 
     def wake(self) -> None:
         """Tell the relay in this process there is something new (`add` does, on commit)."""
@@ -127,38 +130,34 @@ class OutboxRelay:
             await self.release()
 
     async def release(self) -> None:
-        """Give up the lease (on a clean stop), so another replica need not wait for it to expire."""
+        """Mark what Kafka acknowledged and give up the lease (on a clean stop), so another
+        replica need not wait for it to expire nor publish the last batch a second time."""
         with contextlib.suppress(Exception):
             async with self.sessionmaker() as session, session.begin():
+                if self._acked_unmarked and await self.lease.acquire(session):
+                    await self._mark_sent(await driver_connection(session), self._acked_unmarked)
                 await self.lease.release(session)
+            self._acked_unmarked = []
 
     async def publish_batch(self) -> int:
-        """Publish the oldest unsent rows and mark them sent; returns how many (0 also while
-        another replica holds the lease)."""
+        """Publish the oldest unsent rows; returns how many (0 also while another replica holds
+        the lease). One short transaction per pass renews the lease, marks sent what the last pass
+        published (Kafka acknowledged it) and reads the next rows; no transaction or lock is open
+        while Kafka acknowledges. Marking a pass late saves the latency of a transaction of its own
+        on every hop of the pipeline; an idle relay still marks within `relay_poll_seconds`."""
         async with self.sessionmaker() as session, session.begin():
             if not await self.lease.acquire(session):
                 return 0
+            conn = await driver_connection(session)
             if self._acked_unmarked:
-                await self._mark_sent(session, self._acked_unmarked)
-                self._acked_unmarked = []
-            rows = (
-                await session.execute(
-                    sa.select(outbox_table.c.id, outbox_table.c.topic, outbox_table.c.key, outbox_table.c.value)
-                    .where(outbox_table.c.sent_at.is_(None))
-                    .order_by(outbox_table.c.id)
-                    .limit(self.settings.relay_batch_size)
-                )
-            ).all()
-        # No transaction and no lock is held while Kafka acknowledges.
+                await self._mark_sent(conn, self._acked_unmarked)
+            rows = await conn.fetch(_UNSENT, self.settings.relay_batch_size)
+            await self._maybe_purge(conn)
+        self._acked_unmarked = []  # marked: committed
         if rows:
             await self._publish(rows)
             metrics.EVENTS_PRODUCED.labels(self.settings.service_name).inc(len(rows))
-            self._acked_unmarked = [r.id for r in rows]
-        async with self.sessionmaker() as session, session.begin():
-            if rows:
-                await self._mark_sent(session, self._acked_unmarked)
-            await self._maybe_purge(session)
-        self._acked_unmarked = []
+            self._acked_unmarked = [r["id"] for r in rows]
         if len(rows) < self.settings.relay_batch_size:
             metrics.OUTBOX_BACKLOG.labels(self.settings.service_name).set(0)
         return len(rows)
@@ -169,38 +168,34 @@ class OutboxRelay:
         fit: list[Message] = []
         oversized: list[DeadLetter] = []
         for r in rows:
-            if len(r.value) <= MAX_EVENT_BYTES:
-                fit.append(Message(r.topic, r.value, r.key))
+            if len(r["value"]) <= MAX_EVENT_BYTES:
+                headers = ((EVENT_TYPE_HEADER, r["event_type"].encode()),) if r["event_type"] else ()
+                fit.append(Message(r["topic"], r["value"], r["key"], headers))
             else:
                 # Only a row staged before Outbox.add checked sizes. It is never sent to its stream:
                 # a message the broker refuses breaks the idempotent producer's sequence.
-                error = f"{len(r.value)} bytes, over the {MAX_EVENT_BYTES} a stream takes"
+                error = f"{len(r['value'])} bytes, over the {MAX_EVENT_BYTES} a stream takes"
                 log.error("outbox relay: an event of %s goes to the dead-letter topic", error)
-                oversized.append(DeadLetter(r.value, r.key, error, {"source.topic": r.topic}))
+                oversized.append(DeadLetter(r["value"], r["key"], error, {"source.topic": r["topic"]}))
         await send_all(self.producer, fit)
         await send_dead_letters(self.producer, self.settings, oversized, "outbox-relay")
 
-    async def _mark_sent(self, session: AsyncSession, ids: list[int]) -> None:
-        await session.execute(sa.update(outbox_table).where(outbox_table.c.id.in_(ids)).values(sent_at=sa.func.now()))
+    async def _mark_sent(self, conn: asyncpg.Connection, ids: list[int]) -> None:
+        await conn.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", ids)
 
-    async def _maybe_purge(self, session: AsyncSession) -> None:
+    async def _maybe_purge(self, conn: asyncpg.Connection) -> None:
         # Sent rows are kept a day for inspection, inbox rows (redelivery detection) for
         # `inbox_retention_days`; purged now and then, not on every pass, a slice at a time.
         self._purge_countdown -= 1
         if self._purge_countdown > 0:
             return
         self._purge_countdown = 500
-        await session.execute(
-            sa.delete(outbox_table).where(outbox_table.c.sent_at < sa.func.now() - sa.text("interval '1 day'"))
+        await conn.execute("DELETE FROM outbox WHERE sent_at < now() - interval '1 day'")
+        await conn.execute(
+            "DELETE FROM inbox WHERE (consumer, event_id) IN (SELECT consumer, event_id FROM inbox"
+            " WHERE processed_at < now() - make_interval(days => $1) LIMIT $2)",
+            self.settings.inbox_retention_days,
+            INBOX_PURGE_SLICE,
         )
-        old = sa.func.now() - sa.func.make_interval(0, 0, 0, self.settings.inbox_retention_days)
-        oldest = sa.select(inbox_table.c.consumer, inbox_table.c.event_id).where(inbox_table.c.processed_at < old)
-        await session.execute(
-            sa.delete(inbox_table).where(
-                sa.tuple_(inbox_table.c.consumer, inbox_table.c.event_id).in_(oldest.limit(INBOX_PURGE_SLICE))
-            )
-        )
-        backlog = await session.scalar(
-            sa.select(sa.func.count()).select_from(outbox_table).where(outbox_table.c.sent_at.is_(None))
-        )
+        backlog = await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
         metrics.OUTBOX_BACKLOG.labels(self.settings.service_name).set(backlog or 0)
