@@ -165,6 +165,31 @@ async def load(session: AsyncSession, ids: Collection[uuid.UUID]) -> dict[uuid.U
     return {row.incident_id: state_of(row, its_tasks.get(row.incident_id, ())) for row in rows}
 
 
+# Compiled once and executed for every row: a VALUES list of N rows would be a new statement to
+# compile for every N.
+_INCIDENT_UPSERT = pg_insert(known_incidents)
+_SAVE_INCIDENT = _INCIDENT_UPSERT.on_conflict_do_update(
+    index_elements=["incident_id"],
+    set_={
+        c: _INCIDENT_UPSERT.excluded[c]
+        for c in ("logged_at", "title", "status", "team_id", "assignee_sub", "assigned_at", "state")
+    },
+)
+_PEOPLE_UPSERT = pg_insert(people)
+_SAVE_LAST_ASSIGNED = _PEOPLE_UPSERT.on_conflict_do_update(
+    index_elements=["sub"],
+    set_={"last_assigned_at": sa.func.greatest(people.c.last_assigned_at, _PEOPLE_UPSERT.excluded.last_assigned_at)},
+)
+_TASK_UPSERT = pg_insert(tasks)
+_SAVE_TASK = _TASK_UPSERT.on_conflict_do_update(
+    index_elements=["task_id"],
+    set_={
+        c: _TASK_UPSERT.excluded[c]
+        for c in ("title", "description", "assignee_sub", "assignee", "priority", "status", "due_at")
+    },
+)
+
+
 async def save(session: AsyncSession, changed: Mapping[uuid.UUID, Incident]) -> None:
     """Write the incidents a unit of work changed, in one statement."""
     if not changed:
@@ -182,11 +207,7 @@ async def save(session: AsyncSession, changed: Mapping[uuid.UUID, Incident]) -> 
         }
         for k, v in sorted(changed.items())
     ]
-    stmt = pg_insert(known_incidents).values(rows)
-    mutable = ("logged_at", "title", "status", "team_id", "assignee_sub", "assigned_at", "state")
-    await session.execute(
-        stmt.on_conflict_do_update(index_elements=["incident_id"], set_={c: stmt.excluded[c] for c in mutable})
-    )
+    await session.execute(_SAVE_INCIDENT, rows)
     task_rows = [
         {
             "task_id": t.task_id,
@@ -212,15 +233,10 @@ async def save(session: AsyncSession, changed: Mapping[uuid.UUID, Incident]) -> 
         if v.assignee is not None and v.assigned_at is not None:
             last[v.assignee.sub] = max(v.assigned_at, last.get(v.assignee.sub, v.assigned_at))
     if last:
-        upsert = pg_insert(people).values([{"sub": s, "last_assigned_at": at} for s, at in sorted(last.items())])
-        later = sa.func.greatest(people.c.last_assigned_at, upsert.excluded.last_assigned_at)
-        await session.execute(upsert.on_conflict_do_update(index_elements=["sub"], set_={"last_assigned_at": later}))
+        people_rows = [{"sub": s, "last_assigned_at": at} for s, at in sorted(last.items())]
+        await session.execute(_SAVE_LAST_ASSIGNED, people_rows)
     if task_rows:
-        insert = pg_insert(tasks).values(task_rows)
-        changeable = ("title", "description", "assignee_sub", "assignee", "priority", "status", "due_at")
-        await session.execute(
-            insert.on_conflict_do_update(index_elements=["task_id"], set_={c: insert.excluded[c] for c in changeable})
-        )
+        await session.execute(_SAVE_TASK, task_rows)
 
 
 async def incident(session: AsyncSession, incident_id: uuid.UUID) -> Incident | None:

@@ -214,13 +214,17 @@ async def load_states(session: AsyncSession, ids: Collection[uuid.UUID]) -> dict
     return {row.incident_id: _state_from(row) for row in await session.execute(query)}
 
 
-# Rows per INSERT statement: far below PostgreSQL's 32,767 bind parameters (11 per row).
-SAVE_CHUNK = 2000
 _MUTABLE = ("facts", "decision", "overrides", "category", "subcategory", "priority", "updated_at")
+_UPSERT = pg.insert(incidents)
+# Compiled once and executed for every row: a VALUES list of N rows is a new statement to compile
+# for every N (that compiling was a sixth of triage's CPU under load).
+_SAVE = _UPSERT.on_conflict_do_update(
+    index_elements=[incidents.c.incident_id], set_={c: _UPSERT.excluded[c] for c in _MUTABLE}
+)
 
 
 async def save_states(session: AsyncSession, changed: Mapping[uuid.UUID, domain.TriageState], at: datetime) -> None:
-    """Write these states: one multi-row INSERT ... ON CONFLICT DO UPDATE (per SAVE_CHUNK rows)."""
+    """Write these states: one INSERT ... ON CONFLICT DO UPDATE, executed for every row."""
     rows = [
         {
             "incident_id": incident_id,
@@ -237,10 +241,5 @@ async def save_states(session: AsyncSession, changed: Mapping[uuid.UUID, domain.
         }
         for incident_id, s in sorted(changed.items())
     ]
-    for start in range(0, len(rows), SAVE_CHUNK):
-        insert = pg.insert(incidents).values(rows[start : start + SAVE_CHUNK])
-        await session.execute(
-            insert.on_conflict_do_update(
-                index_elements=[incidents.c.incident_id], set_={c: insert.excluded[c] for c in _MUTABLE}
-            )
-        )
+    if rows:
+        await session.execute(_SAVE, rows)
