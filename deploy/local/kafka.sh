@@ -2,7 +2,7 @@
 # Throwaway single-node Apache Kafka (KRaft) broker in a git-ignored project folder, no Docker.
 #   deploy/local/kafka.sh start|stop|status
 # Env: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (KAFKA_PORT+1), KAFKA_DIR (<repo>/.local/kafka),
-#      KAFKA_HEAP_OPTS (-Xms256m -Xmx512m), KAFKA_START_TIMEOUT (90 s), KAFKA_STOP_TIMEOUT (30 s),
+#      KAFKA_HEAP_OPTS (-Xms256m -Xmx1g: a long-lived broker gathers thousands of test topics), KAFKA_START_TIMEOUT (90 s), KAFKA_STOP_TIMEOUT (30 s),
 #      OPSLEDGER_CACHE (~/.cache/opsledger: broker jars, shared by every checkout),
 #      PYTHON (readiness check interpreter; default <repo>/.venv/bin/python, else python3).
 # The broker jars come from Maven Central (the only place we can fetch from), resolved once.
@@ -17,7 +17,7 @@ REPO=$(readlink -f "$HERE/../..")
 KAFKA_PORT=${KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}
 KAFKA_DIR=${KAFKA_DIR:-$REPO/.local/kafka}
-KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}
+KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}
 KAFKA_START_TIMEOUT=${KAFKA_START_TIMEOUT:-90}
 KAFKA_STOP_TIMEOUT=${KAFKA_STOP_TIMEOUT:-30}
 CACHE_DIR=${OPSLEDGER_CACHE:-$HOME/.cache/opsledger}/kafka-$KAFKA_VERSION
