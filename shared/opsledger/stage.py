@@ -15,7 +15,7 @@ run over whole consumer batches, fired timers and commands by one shared loop.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -110,7 +110,8 @@ class Stage(Generic[S, C]):
 
     `load` reads the states of the given incidents (locking them: a command and a batch on the same
     incident are serialised; rows are locked in id order so two batches cannot deadlock); `save`
-    writes the states that changed (one statement); `context` gives what decisions are made under,
+    writes the states that changed (one statement), given also their states as loaded (absent: new),
+    for a service that keeps counts over its states; `context` gives what decisions are made under,
     once per unit of work. Each gets the unit of work (its session, and `now`). Timers must carry
     their incident in `data["incident_id"]`. Events carry their cause's correlation id, or, with
     `correlation`, the one the incident's state names (e.g. the alert that opened it)."""
@@ -118,7 +119,7 @@ class Stage(Generic[S, C]):
     service: str
     decider: Decider[S, C]
     load: Callable[[UnitOfWork, Collection[uuid.UUID]], Awaitable[dict[uuid.UUID, S]]]
-    save: Callable[[UnitOfWork, dict[uuid.UUID, S]], Awaitable[None]]
+    save: Callable[[UnitOfWork, dict[uuid.UUID, S], Mapping[uuid.UUID, S]], Awaitable[None]]
     context: Callable[[UnitOfWork], Awaitable[C]]
     system_actor: str = field(default="")
     correlation: Callable[[S], str | None] | None = None
@@ -132,6 +133,7 @@ class Stage(Generic[S, C]):
         """Decide a whole batch in memory; write once."""
         ids = {d.envelope.incident_id for d in deliveries if d.envelope.incident_id is not None}
         states = await self.load(uow, ids)
+        loaded = dict(states)
         context = await self.context(uow)
         changed: dict[uuid.UUID, S] = {}
         for d in deliveries:
@@ -143,7 +145,7 @@ class Stage(Generic[S, C]):
             self._apply(uow, incident_id, decision, states, changed)
             correlation_id = self._correlation_of(states.get(incident_id)) or d.envelope.correlation_id
             uow.emit(*self._reactions_to(d.envelope, incident_id, decision.events, uow, correlation_id))
-        await self.save(uow, changed)
+        await self.save(uow, changed, loaded)
 
     def consumer(self, name: str, topics: list[str], outbox: Outbox, clock: Clock, **spec: Any) -> ConsumerSpec:
         """A consumer spec subscribed to exactly the decider's event types."""
@@ -170,6 +172,7 @@ class Stage(Generic[S, C]):
     async def fire(self, uow: UnitOfWork, timers: Sequence[FiredTimer]) -> None:
         ids = {uuid.UUID(str(t.data["incident_id"])) for t in timers}
         states = await self.load(uow, ids)
+        loaded = dict(states)
         context = await self.context(uow)
         changed: dict[uuid.UUID, S] = {}
         for timer in timers:
@@ -185,7 +188,7 @@ class Stage(Generic[S, C]):
                     for p, n in _numbered(decision.events)
                 )
             )
-        await self.save(uow, changed)
+        await self.save(uow, changed, loaded)
 
     # ------------------------------------------------------------------ commands
 
@@ -202,6 +205,7 @@ class Stage(Generic[S, C]):
         the events staged. Exceptions the command raises (a refusal) leave nothing written. The
         events carry `correlation_id` (the request's), else the one the state names."""
         states = await self.load(uow, {incident_id})
+        loaded = dict(states)
         correlation_id = correlation_id or self._correlation_of(states.get(incident_id))
         decision = command(states.get(incident_id), await self.context(uow))
         changed: dict[uuid.UUID, S] = {}
@@ -210,7 +214,7 @@ class Stage(Generic[S, C]):
             self._envelope(p, incident_id, uow, actor=actor, correlation_id=correlation_id) for p in decision.events
         ]
         uow.emit(*envelopes)
-        await self.save(uow, changed)
+        await self.save(uow, changed, loaded)
         return decision.state, envelopes
 
     # ------------------------------------------------------------------ shared

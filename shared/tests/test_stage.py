@@ -4,7 +4,7 @@ events staged with derived ids, timers staged by decisions, timers and commands 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -107,7 +107,7 @@ def make_stage(saves: list[int]) -> Stage[Tally, int]:
         rows = await uow.session.execute(sa.select(tallies).where(tallies.c.incident_id.in_(ids)).with_for_update())
         return {r.incident_id: Tally(r.count) for r in rows}
 
-    async def save(uow: UnitOfWork, changed: dict[uuid.UUID, Tally]) -> None:
+    async def save(uow: UnitOfWork, changed: dict[uuid.UUID, Tally], loaded: Mapping[uuid.UUID, Tally]) -> None:
         saves.append(len(changed))
         if changed:
             stmt = pg_insert(tallies)

@@ -92,8 +92,10 @@ class Assignment:
     async def _load(self, uow: UnitOfWork, ids: Any) -> dict[uuid.UUID, Incident]:
         return await store.load(uow.session, ids)
 
-    async def _save(self, uow: UnitOfWork, changed: dict[uuid.UUID, Incident]) -> None:
-        await store.save(uow.session, changed)
+    async def _save(
+        self, uow: UnitOfWork, changed: dict[uuid.UUID, Incident], loaded: Mapping[uuid.UUID, Incident]
+    ) -> None:
+        await store.save(uow.session, changed, loaded)
 
     async def context(self, uow: UnitOfWork) -> Context:
         return Context(await self.configs.current(uow), await store.load_of_people(uow.session), uow.now)

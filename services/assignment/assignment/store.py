@@ -46,7 +46,11 @@ people = sa.Table(
     "people",
     metadata,
     sa.Column("sub", sa.Text, primary_key=True),
-    sa.Column("last_assigned_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_assigned_at", sa.DateTime(timezone=True)),
+    # Kept current by `save` (a delta per unit of work), so reading the load does not grow with
+    # the number of open incidents.
+    sa.Column("open_incidents", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("open_tasks", sa.Integer, nullable=False, server_default="0"),
 )
 
 # Tasks split off incidents; an incident's tasks are part of its state (loaded and saved with it).
@@ -176,9 +180,13 @@ _SAVE_INCIDENT = _INCIDENT_UPSERT.on_conflict_do_update(
     },
 )
 _PEOPLE_UPSERT = pg_insert(people)
-_SAVE_LAST_ASSIGNED = _PEOPLE_UPSERT.on_conflict_do_update(
+_SAVE_PERSON = _PEOPLE_UPSERT.on_conflict_do_update(
     index_elements=["sub"],
-    set_={"last_assigned_at": sa.func.greatest(people.c.last_assigned_at, _PEOPLE_UPSERT.excluded.last_assigned_at)},
+    set_={
+        "last_assigned_at": sa.func.greatest(people.c.last_assigned_at, _PEOPLE_UPSERT.excluded.last_assigned_at),
+        "open_incidents": people.c.open_incidents + _PEOPLE_UPSERT.excluded.open_incidents,
+        "open_tasks": people.c.open_tasks + _PEOPLE_UPSERT.excluded.open_tasks,
+    },
 )
 _TASK_UPSERT = pg_insert(tasks)
 _SAVE_TASK = _TASK_UPSERT.on_conflict_do_update(
@@ -190,8 +198,11 @@ _SAVE_TASK = _TASK_UPSERT.on_conflict_do_update(
 )
 
 
-async def save(session: AsyncSession, changed: Mapping[uuid.UUID, Incident]) -> None:
-    """Write the incidents a unit of work changed, in one statement."""
+async def save(
+    session: AsyncSession, changed: Mapping[uuid.UUID, Incident], loaded: Mapping[uuid.UUID, Incident]
+) -> None:
+    """Write the incidents a unit of work changed (`loaded`: as they were), and move each person's
+    counts of open incidents and tasks by what changed."""
     if not changed:
         return
     rows = [
@@ -228,13 +239,22 @@ async def save(session: AsyncSession, changed: Mapping[uuid.UUID, Incident]) -> 
         for k, v in sorted(changed.items())
         for t in v.tasks
     ]
+    counts: dict[str, list[int]] = {}  # sub -> [open incidents, open tasks], as deltas
+    for k, v in changed.items():
+        _count(counts, loaded.get(k), -1)
+        _count(counts, v, +1)
     last: dict[str, datetime] = {}
     for v in changed.values():
         if v.assignee is not None and v.assigned_at is not None:
             last[v.assignee.sub] = max(v.assigned_at, last.get(v.assignee.sub, v.assigned_at))
-    if last:
-        people_rows = [{"sub": s, "last_assigned_at": at} for s, at in sorted(last.items())]
-        await session.execute(_SAVE_LAST_ASSIGNED, people_rows)
+    # In sub order: two units of work touching the same people lock their rows in the same order.
+    people_rows = [
+        {"sub": sub, "last_assigned_at": last.get(sub), "open_incidents": n[0], "open_tasks": n[1]}
+        for sub, n in sorted({**{sub: [0, 0] for sub in last}, **counts}.items())
+        if sub in last or n != [0, 0]
+    ]
+    if people_rows:
+        await session.execute(_SAVE_PERSON, people_rows)
     if task_rows:
         await session.execute(_SAVE_TASK, task_rows)
 
@@ -247,22 +267,25 @@ async def incident(session: AsyncSession, incident_id: uuid.UUID) -> Incident | 
     return state_of(row, (await tasks_of(session, [incident_id])).get(incident_id, ()))
 
 
+def _count(counts: dict[str, list[int]], state: Incident | None, sign: int) -> None:
+    if state is None:
+        return
+    if state.status == OPEN and state.assignee is not None:
+        counts.setdefault(state.assignee.sub, [0, 0])[0] += sign
+    for task in state.tasks:
+        if str(task.status) in OPEN_TASK and task.assignee is not None:
+            counts.setdefault(task.assignee.sub, [0, 0])[1] += sign
+
+
 async def load_of_people(session: AsyncSession) -> Load:
-    """Open incidents and open tasks per assignee, and when each person was last assigned."""
-    c = known_incidents.c
-    rows = await session.execute(
-        sa.select(c.assignee_sub, sa.func.count())
-        .where(c.status == OPEN, c.assignee_sub.is_not(None))
-        .group_by(c.assignee_sub)
+    """Open incidents and open tasks per assignee, and when each person was last assigned: one
+    small row per person."""
+    rows = (await session.execute(sa.select(people))).all()
+    return Load(
+        {r.sub: r.open_incidents for r in rows if r.open_incidents},
+        {r.sub: r.last_assigned_at for r in rows if r.last_assigned_at is not None},
+        {r.sub: r.open_tasks for r in rows if r.open_tasks},
     )
-    counts = {sub: int(n) for sub, n in rows.all()}
-    last = {sub: at for sub, at in (await session.execute(sa.select(people.c.sub, people.c.last_assigned_at))).all()}
-    task_counts = await session.execute(
-        sa.select(tasks.c.assignee_sub, sa.func.count())
-        .where(tasks.c.assignee_sub.is_not(None), tasks.c.status.in_(OPEN_TASK))
-        .group_by(tasks.c.assignee_sub)
-    )
-    return Load(counts, last, {sub: int(n) for sub, n in task_counts.all()})
 
 
 # --------------------------------------------------------------------------- configuration

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
 
 from assignment.app import build
@@ -117,6 +118,28 @@ PEOPLE = {
     "bob": {"sub": "bob", "name": "Bob"},
     "max": {"sub": "max", "name": "Max Manager"},
 }
+
+
+async def assert_counts_kept(app: Any) -> dict[str, tuple[int, int]]:
+    """Each person's open incidents and tasks, as `people` keeps them, equal a recount of the rows;
+    returns them (sub -> (incidents, tasks))."""
+    async with app.state.runtime.sessionmaker() as session:
+        kept = {
+            r.sub: (r.open_incidents, r.open_tasks)
+            for r in await session.execute(sa.text("SELECT sub, open_incidents, open_tasks FROM people"))
+        }
+        recount: dict[str, list[int]] = {}
+        for sub, n in await session.execute(
+            sa.text("SELECT assignee_sub, count(*) FROM known_incidents WHERE status = 'open' GROUP BY 1")
+        ):
+            recount.setdefault(sub, [0, 0])[0] = n
+        for sub, n in await session.execute(
+            sa.text("SELECT assignee_sub, count(*) FROM tasks WHERE status IN ('open', 'in_progress') GROUP BY 1")
+        ):
+            recount.setdefault(sub, [0, 0])[1] = n
+    expected = {sub: (n[0], n[1]) for sub, n in recount.items() if sub is not None}
+    assert {sub: n for sub, n in kept.items() if n != (0, 0)} == expected
+    return expected
 
 
 async def configure(client: httpx.AsyncClient) -> None:
@@ -297,6 +320,8 @@ async def test_assignment_acknowledgement_and_the_escalation_chain(
         return bool(state["status"] == "resolved" and state["ack_due_at"] is None)
 
     await eventually(resolved, timeout=60, what="resolution stops the acknowledgement timer")
+    # Assigned, escalated to the manager, resolved: the counts least-loaded routing reads follow.
+    assert await assert_counts_kept(app) == {"alice": (1, 0), "max": (1, 0)}
 
 
 async def test_tasks_hold_and_my_work(
@@ -384,3 +409,4 @@ async def test_tasks_hold_and_my_work(
     found = await wait_for(settings, incident_id, types)
     assert found[5].payload["task_id"] == task_id and found[6].actor == "user:alice"
     assert found[-1].payload["origin"] == "review_action_item" and found[-1].payload["assignee"]["sub"] == "bob"
+    await assert_counts_kept(app)

@@ -67,5 +67,5 @@ class Resolution:
         assert state is not None  # commands raise NotFound for an unknown incident
         if envelopes:
             state = decider.recorded(state, envelopes)
-            await store.save(uow, {incident_id: state})
+            await store.save(uow, {incident_id: state}, {})
         return state, envelopes

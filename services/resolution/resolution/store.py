@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -100,7 +100,7 @@ async def load_one(session: AsyncSession, incident_id: uuid.UUID) -> Incident | 
     return None if value is None else from_json(value)
 
 
-async def save(uow: UnitOfWork, changed: dict[uuid.UUID, Incident]) -> None:
+async def save(uow: UnitOfWork, changed: dict[uuid.UUID, Incident], loaded: Mapping[uuid.UUID, Incident]) -> None:
     """Write the incidents a unit of work changed, in one statement."""
     if not changed:
         return

@@ -162,7 +162,7 @@ _SAVE = _UPSERT.on_conflict_do_update(
 )
 
 
-async def save(uow: UnitOfWork, changed: dict[uuid.UUID, Incident]) -> None:
+async def save(uow: UnitOfWork, changed: dict[uuid.UUID, Incident], loaded: Mapping[uuid.UUID, Incident]) -> None:
     """Write the incidents a unit of work changed: one statement, executed for every row (a
     compiled statement reused, not a 500-row VALUES list compiled each time)."""
     if not changed:

@@ -268,7 +268,7 @@ class FakeStore:
         self.loads.append(set(ids))
         return {i: self.rows[i] for i in ids if i in self.rows}
 
-    async def save(self, session: Any, changed: dict[uuid.UUID, TriageState]) -> None:
+    async def save(self, session: Any, changed: dict[uuid.UUID, TriageState], loaded: Any) -> None:
         self.saves.append(dict(changed))
         self.rows.update(changed)
 

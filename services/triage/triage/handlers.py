@@ -6,7 +6,7 @@ outbox of the same transaction and wakes the relay once it commits."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -54,7 +54,9 @@ class Triage:
     async def _load(self, uow: UnitOfWork, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, TriageState]:
         return await store.load_states(uow.session, ids)
 
-    async def _save(self, uow: UnitOfWork, changed: dict[uuid.UUID, TriageState]) -> None:
+    async def _save(
+        self, uow: UnitOfWork, changed: dict[uuid.UUID, TriageState], loaded: Mapping[uuid.UUID, TriageState]
+    ) -> None:
         await store.save_states(uow.session, changed, uow.now)
 
     async def _policy(self, uow: UnitOfWork) -> Policy:
