@@ -59,6 +59,9 @@ class ServiceSettings(BaseSettings):
     # is replaced by another after this long (a clean stop gives it up at once).
     relay_lease_seconds: float = Field(default=10.0, gt=0)
     consumer_batch_size: int = 500
+    # Kafka offsets are committed at most this often (and when partitions are revoked or the
+    # consumer stops), not after every batch: the inbox absorbs what a restart delivers again.
+    offset_commit_seconds: float = Field(default=1.0, ge=0)
     handler_max_attempts: int = Field(default=3, ge=1)
     timer_batch_size: int = Field(default=500, ge=1)
     # The longest the timer runner sleeps without looking (a timer scheduled by this process

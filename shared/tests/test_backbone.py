@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 import sqlalchemy as sa
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from opsledger.bus.consumer import ConsumerSpec, Delivery, EventConsumer
 from opsledger.bus.deadletter import dead_letter_error
@@ -177,6 +177,38 @@ async def test_records_name_their_event_type_and_a_consumer_skips_unwanted_types
     assert await read_topic(settings.kafka_bootstrap, settings.deadletter_topic) == [], (
         "the record of an unwanted type was never parsed, so never dead-lettered"
     )
+
+
+async def test_offsets_are_committed_now_and_then_and_at_stop_and_skipped_batches_open_no_transaction(
+    infra: TestInfra, make_database: Any, topic_prefix: str
+) -> None:
+    settings = await make_settings(infra, make_database, topic_prefix)
+    settings = settings.model_copy(update={"offset_commit_seconds": 3600.0})
+    topic = settings.topic(Stream.INCIDENTS)
+    group = f"offsets-{uuid.uuid4().hex[:8]}"
+    spec = ConsumerSpec(name="ticks", topics=[topic], handler=app.apply_tick, event_types={"Ticked"}, group_id=group)
+    async with consuming(settings, spec=spec) as consumer:
+        assert consumer.consumer is not None
+        began: list[object] = []
+        sa.event.listen(consumer.sessionmaker.kw["bind"].sync_engine, "begin", began.append)
+        producer = make_producer(settings)
+        await producer.start()
+        incident = str(uuid.uuid4()).encode()
+        for _ in range(5):  # all on one partition (one key), none of a type the consumer wants
+            await producer.send_and_wait(topic, b"{}", key=incident, headers=[(EVENT_TYPE_HEADER, b"Other")])
+        await producer.stop()
+        await eventually(lambda: _async(sum(consumer._uncommitted.values()) == 5), what="the five records consumed")
+        committed = {tp: await consumer.consumer.committed(tp) for tp in consumer.consumer.assignment()}
+        assert all(offset is None for offset in committed.values()), "not committed after each batch"
+        assert began == [], "a batch of skipped events opened no transaction"
+    # Stopped: what was consumed is committed.
+    check = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    await check.start()
+    try:
+        offsets = [await check.committed(TopicPartition(topic, p)) for p in range(3)]
+    finally:
+        await check.stop()
+    assert sorted(o or 0 for o in offsets) == [0, 0, 5]
 
 
 async def _rows_if(settings: ServiceSettings, count: int) -> list[tuple[uuid.UUID, int]] | None:

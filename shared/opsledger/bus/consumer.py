@@ -5,6 +5,7 @@ with their error and the consumer carries on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -99,13 +100,21 @@ class ConsumerSpec:
                 await self.handler(session, d.envelope, d.payload)
 
 
-class _ResumeFromStoredPositions(ConsumerRebalanceListener):  # type: ignore[misc]
+class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Offsets not yet committed are committed while this consumer still owns their partitions."""
+
     def __init__(self, owner: EventConsumer) -> None:
         self.owner = owner
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        with contextlib.suppress(Exception):  # the next owner then starts earlier; the inbox absorbs it
+            await self.owner.commit_offsets()
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
         return None
 
+
+class _ResumeFromStoredPositions(_CommitOnRevoke):
     async def on_partitions_assigned(self, assigned: Any) -> None:
         spec, consumer = self.owner.spec, self.owner.consumer
         assert spec.stored_positions is not None and consumer is not None
@@ -148,6 +157,8 @@ class EventConsumer:
         self.outbox = outbox
         self.group_id = spec.group_id or f"{settings.group_id}.{spec.name}"
         self.consumer: AIOKafkaConsumer | None = None
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._committed_at = time.monotonic()
 
     async def start(self) -> None:
         self.consumer = AIOKafkaConsumer(
@@ -165,7 +176,7 @@ class EventConsumer:
         except Exception:
             await self.stop()  # start() is retried: leave no client behind
             raise
-        listener = _ResumeFromStoredPositions(self) if self.spec.stored_positions else None
+        listener = _ResumeFromStoredPositions(self) if self.spec.stored_positions else _CommitOnRevoke(self)
         self.consumer.subscribe(self.spec.topics, listener=listener)
 
     async def _await_partitions(self, timeout: float = 30.0) -> None:
@@ -185,8 +196,21 @@ class EventConsumer:
 
     async def stop(self) -> None:
         if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                await self.commit_offsets()
             await self.consumer.stop()
             self.consumer = None
+
+    async def commit_offsets(self) -> None:
+        """Commit the offsets of the batches applied since the last commit."""
+        pending, self._uncommitted = self._uncommitted, {}
+        if pending and self.consumer is not None:
+            try:
+                await self.consumer.commit(pending)
+            except Exception:
+                self._uncommitted = {**pending, **self._uncommitted}
+                raise
+        self._committed_at = time.monotonic()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until `stop` is set; the batch in hand is finished and committed first."""
@@ -195,6 +219,9 @@ class EventConsumer:
             batches = await self.consumer.getmany(timeout_ms=200, max_records=self.settings.consumer_batch_size)
             records = [r for tp in sorted(batches, key=lambda t: (t.topic, t.partition)) for r in batches[tp]]
             if not records:
+                if self._uncommitted and time.monotonic() - self._committed_at >= self.settings.offset_commit_seconds:
+                    with contextlib.suppress(Exception):  # tried again with the next batch
+                        await self.commit_offsets()
                 continue
             # The database (or broker) failing under us commits nothing: the same batch is tried
             # again after a wait, less the partitions a rebalance took away meanwhile.
@@ -220,22 +247,27 @@ class EventConsumer:
             await self.process(still)
 
     async def process(self, records: Sequence[ConsumerRecord]) -> BatchResult:
-        """Apply one batch: DB transaction (state + inbox + outbox), DLQ, then offset commit."""
+        """Apply one batch: DB transaction (state + inbox + outbox) and DLQ; its offsets are
+        committed with the next commit (see `offset_commit_seconds`)."""
         started = time.perf_counter()
         decoded, result = self._decode(records)
         last: dict[tuple[str, int], int] = {}
         for r in records:
             last[(r.topic, r.partition)] = max(r.offset, last.get((r.topic, r.partition), -1))
-        try:
-            await self._apply(decoded, result, last, careful=False)
-        except Exception:
-            # Something in the batch failed: redo it event by event, each in a savepoint, so one
-            # poison event costs only itself.
-            result = BatchResult(deadlettered=result.deadlettered)
-            await self._apply(decoded, result, last, careful=True)
-        offsets = {TopicPartition(topic, partition): offset + 1 for (topic, partition), offset in last.items()}
-        assert self.consumer is not None
-        await self.consumer.commit(offsets)
+        # A batch of skipped events only (most of them, for a service that wants a few types)
+        # costs no transaction, unless its positions are stored.
+        if decoded or result.deadlettered or self.spec.save_positions is not None:
+            try:
+                await self._apply(decoded, result, last, careful=False)
+            except Exception:
+                # Something in the batch failed: redo it event by event, each in a savepoint, so one
+                # poison event costs only itself.
+                result = BatchResult(deadlettered=result.deadlettered)
+                await self._apply(decoded, result, last, careful=True)
+        for (topic, partition), offset in last.items():
+            self._uncommitted[TopicPartition(topic, partition)] = offset + 1
+        if time.monotonic() - self._committed_at >= self.settings.offset_commit_seconds:
+            await self.commit_offsets()
         name, service = self.spec.name, self.settings.service_name
         metrics.EVENTS_CONSUMED.labels(service, name, "applied").inc(result.applied)
         metrics.EVENTS_CONSUMED.labels(service, name, "duplicate").inc(result.duplicates)
