@@ -13,7 +13,8 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from email.message import EmailMessage
+from email.header import Header
+from email.mime.text import MIMEText
 from email.utils import formatdate
 from typing import Any
 
@@ -166,16 +167,18 @@ class Webhooks:
         s = self.settings
         if s.smtp_host is None:
             return None, "no SMTP server is configured (OPSLEDGER_SMTP_HOST)", 0.0
-        message = EmailMessage()
+        # The compat32 API (MIMEText, Header): the default policy parses every header it is given
+        # back through its header registry, which cost a third of this service's CPU in a storm.
+        message = MIMEText(row.body["text"], "plain", "utf-8")
         message["From"] = s.smtp_from
         message["To"] = row.target
-        message["Subject"] = row.body["subject"]
+        subject: str = row.body["subject"]
+        message["Subject"] = subject if subject.isascii() else Header(subject, "utf-8", header_name="Subject").encode()
         message["Date"] = formatdate(now.timestamp(), usegmt=True)
         # The same Message-ID on every attempt: mail systems drop a repeat as a duplicate.
         message["Message-ID"] = f"<{row.idempotency_key}@opsledger>"
         message[notify.IDEMPOTENCY_HEADER] = row.idempotency_key
         message["X-OpsLedger-Event-Type"] = row.event_type
-        message.set_content(row.body["text"])
 
         def send() -> None:
             with smtplib.SMTP(s.smtp_host or "", s.smtp_port, timeout=s.smtp_timeout_seconds) as smtp:

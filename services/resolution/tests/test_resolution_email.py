@@ -139,7 +139,7 @@ async def test_the_assignee_is_paged_by_email(settings: Settings, sink: MailSink
                 source="alertmanager",
                 occurred_at=T0,
                 received_at=T0,
-                title="db-1 disk 95% full",
+                title="db-1 disk 95% full in Zürich",  # not ASCII: encoded in the subject and the body
                 severity="critical",  # type: ignore[arg-type]
                 dedup_key=f"disk-{incident_id}",
             ),
@@ -156,12 +156,12 @@ async def test_the_assignee_is_paged_by_email(settings: Settings, sink: MailSink
         (recipients, message), *others = sink.messages
         assert not others and recipients == ["bob@example.com"]
         assert message["To"] == "bob@example.com"
-        assert message["Subject"] == "[P1] db-1 disk 95% full: IncidentAssigned"
+        assert message["Subject"] == "[P1] db-1 disk 95% full in Zürich: IncidentAssigned"
         text = message.get_content()
         for expected in (
             f"Incident {incident_id}",
             "Priority: P1",
-            "Title: db-1 disk 95% full",
+            "Title: db-1 disk 95% full in Zürich",
             "Why you: on call in DBA primary until 17:00 UTC",
             f"Open it: http://reporting.local/v1/incidents/{incident_id}",
         ):
