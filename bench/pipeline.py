@@ -82,10 +82,12 @@ async def lag_of(env: dict[str, str], service: str) -> float:
     return sum(float(m) for m in re.findall(r"^opsledger_consumer_lag\{[^}]*\} ([0-9.e+]+)$", text, re.M))
 
 
-async def events_of(env: dict[str, str], run: str, expected: int, timeout: float) -> dict[str, dict[str, datetime]]:
+async def events_of(
+    env: dict[str, str], run: str, expected: int, timeout: float, since: float
+) -> dict[str, dict[str, datetime]]:
     """incident -> event type -> occurred_at (and "<type> on the log" -> the record's timestamp,
-    set by the relay's producer as it sends), for the run's incidents, reading until every one has
-    been assigned (or the timeout)."""
+    set by the relay's producer as it sends), for the run's incidents, reading from the records
+    sent after `since` (epoch seconds) until every one has been assigned (or the timeout)."""
     topic = f"{env['OPSLEDGER_TOPIC_PREFIX']}.incidents"
     consumer = AIOKafkaConsumer(
         bootstrap_servers=env["OPSLEDGER_KAFKA_BOOTSTRAP"], enable_auto_commit=False, group_id=None
@@ -100,7 +102,12 @@ async def events_of(env: dict[str, str], run: str, expected: int, timeout: float
             partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        starts = await consumer.offsets_for_times({tp: int(since * 1000) for tp in tps})
+        for tp in tps:
+            if starts.get(tp) is None:
+                await consumer.seek_to_end(tp)
+            else:
+                consumer.seek(tp, starts[tp].offset)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=500, max_records=5000)).values():
@@ -144,10 +151,11 @@ async def main() -> None:
           f"{'logged->assigned p50/p99 ms':>28}  {'lag at end':>14}  {'caught up':>9}")  # fmt: skip
     for rate in (int(r) for r in args.rates.split(",")):
         run = f"pipe{uuid.uuid4().hex[:8]}"
+        since = time.time() - 1
         accepted, refused = await post_steadily(env, run, rate, args.seconds)
         stopped = time.monotonic()
         lags = {s: await lag_of(env, s) for s in STAGES}
-        events = await events_of(env, run, accepted, timeout=120)
+        events = await events_of(env, run, accepted, timeout=120, since=since)
         caught_up = time.monotonic() - stopped
         prioritized = [
             (e["IncidentPrioritized"] - e["IncidentLogged"]).total_seconds() * 1000
