@@ -3,7 +3,8 @@ timers, leases) every service has."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import sqlalchemy as sa
@@ -43,6 +44,21 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
+
+
+@contextlib.asynccontextmanager
+async def pooled_driver(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
+    """The asyncpg connection of a pooled one, outside any SQLAlchemy transaction: each statement
+    commits on its own unless the caller opens `conn.transaction()`. A connection the database
+    dropped is invalidated, never handed to the next caller."""
+    async with engine.connect() as pooled:
+        conn = (await pooled.get_raw_connection()).driver_connection
+        assert isinstance(conn, asyncpg.Connection)
+        try:
+            yield conn
+        except DATABASE_UNAVAILABLE:
+            await pooled.invalidate()
+            raise
 
 
 async def driver_connection(session: AsyncSession) -> asyncpg.Connection:

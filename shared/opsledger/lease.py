@@ -10,12 +10,15 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-_ACQUIRE = sa.text(
-    "INSERT INTO leases (name, holder, expires_at) VALUES (:name, :holder, now() + make_interval(secs => :ttl))"
+# Take or renew: returns a row only if the caller holds the lease afterwards. Positional ($1 name,
+# $2 holder, $3 ttl seconds) so that the outbox relay can run it inside its own statement.
+ACQUIRE_SQL = (
+    "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3))"
     " ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at"
     " WHERE leases.holder = EXCLUDED.holder OR leases.expires_at < now()"
     " RETURNING holder"
 )
+_ACQUIRE = sa.text(ACQUIRE_SQL.replace("$1", ":name").replace("$2", ":holder").replace("$3", ":ttl"))
 _RELEASE = sa.text("DELETE FROM leases WHERE name = :name AND holder = :holder")
 
 

@@ -9,7 +9,6 @@ import signal
 import sys
 from typing import Any
 
-import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -72,7 +71,8 @@ class DiesAfterPublish(OutboxRelay):
     """Dies by SIGKILL right after Kafka acknowledged the batch but before the rows are marked
     sent: the next relay publishes the batch a second time."""
 
-    async def _mark_sent(self, conn: asyncpg.Connection, ids: list[int]) -> None:
+    async def _publish(self, rows: Any) -> None:
+        await super()._publish(rows)
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import asyncpg
 from prometheus_client import Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -28,7 +27,7 @@ from intake.ingest import AlertRequest, Result, apply_alerts
 from intake.settings import Settings
 from opsledger.bus.outbox import Outbox
 from opsledger.clock import Clock
-from opsledger.db import DATABASE_UNAVAILABLE
+from opsledger.db import pooled_driver
 
 if TYPE_CHECKING:
     from intake.domain import FlapPolicy
@@ -173,15 +172,8 @@ class GroupCommit:
         requests = [w.request for w in batch]
         # The driver connection of a pooled one, in a transaction of its own: no ORM session on the
         # hot path (its per-statement work cost more than the statements).
-        async with self.engine.connect() as pooled:
-            conn = (await pooled.get_raw_connection()).driver_connection
-            assert isinstance(conn, asyncpg.Connection)
-            try:
-                async with conn.transaction():
-                    answers = await apply_alerts(conn, self.outbox, requests, now=now, policy=self.policy)
-            except DATABASE_UNAVAILABLE:
-                await pooled.invalidate()  # never hand a broken connection to the next batch
-                raise
+        async with pooled_driver(self.engine) as conn, conn.transaction():
+            answers = await apply_alerts(conn, self.outbox, requests, now=now, policy=self.policy)
         self.outbox.wake()
         return answers
 

@@ -24,10 +24,10 @@ from opsledger import metrics, retry
 from opsledger.bus.deadletter import DeadLetter, send_dead_letters
 from opsledger.bus.producer import EVENT_TYPE_HEADER, Message, send_all
 from opsledger.bus.topics import MAX_EVENT_BYTES
-from opsledger.db import after_commit, driver_connection
+from opsledger.db import after_commit, driver_connection, pooled_driver
 from opsledger.events.envelope import Envelope
 from opsledger.events.registry import registry
-from opsledger.lease import Lease
+from opsledger.lease import ACQUIRE_SQL, Lease
 from opsledger.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,18 @@ _STAGE = (
 )
 
 
-_UNSENT = "SELECT id, topic, key, value, event_type FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1"
+# A relay pass in one statement ($1-$3: the lease, $4: the ids the last pass published, $5: how
+# many to read): renew the lease; if held, mark the last pass sent and read the next rows. The row
+# with a null id says whether the lease is held. Every part sees the same snapshot, hence the
+# `<> ALL($4)`: the rows being marked still look unsent to the read.
+_PASS = (
+    f"WITH lease AS ({ACQUIRE_SQL}),"
+    " marked AS (UPDATE outbox SET sent_at = now() WHERE id = ANY($4::bigint[]) AND EXISTS (SELECT FROM lease))"
+    " SELECT NULL::bigint AS id, NULL::text AS topic, NULL::bytea AS key, NULL::bytea AS value,"
+    " NULL::text AS event_type, EXISTS (SELECT FROM lease) AS held"
+    " UNION ALL (SELECT id, topic, key, value, event_type, true FROM outbox"
+    " WHERE sent_at IS NULL AND id <> ALL($4::bigint[]) AND EXISTS (SELECT FROM lease) ORDER BY id LIMIT $5)"
+)
 
 
 class EventTooLarge(ValueError):
@@ -141,19 +152,22 @@ class OutboxRelay:
 
     async def publish_batch(self) -> int:
         """Publish the oldest unsent rows; returns how many (0 also while another replica holds
-        the lease). One short transaction per pass renews the lease, marks sent what the last pass
-        published (Kafka acknowledged it) and reads the next rows; no transaction or lock is open
-        while Kafka acknowledges. Marking a pass late saves the latency of a transaction of its own
-        on every hop of the pipeline; an idle relay still marks within `relay_poll_seconds`."""
-        async with self.sessionmaker() as session, session.begin():
-            if not await self.lease.acquire(session):
-                return 0
-            conn = await driver_connection(session)
-            if self._acked_unmarked:
-                await self._mark_sent(conn, self._acked_unmarked)
-            rows = await conn.fetch(_UNSENT, self.settings.relay_batch_size)
-            await self._maybe_purge(conn)
-        self._acked_unmarked = []  # marked: committed
+        the lease). One statement per pass renews the lease, marks sent what the last pass
+        published (Kafka acknowledged it) and reads the next rows: one round trip on every hop of
+        the pipeline, and no transaction or lock open while Kafka acknowledges. An idle relay still
+        marks its last pass within `relay_poll_seconds`."""
+        lease = self.lease
+        async with pooled_driver(self.sessionmaker.kw["bind"]) as conn:
+            found = await conn.fetch(
+                _PASS, lease.name, lease.holder, lease.ttl_seconds, self._acked_unmarked, self.settings.relay_batch_size
+            )
+            held = any(r["id"] is None and r["held"] for r in found)
+            rows = [r for r in found if r["id"] is not None]
+            if held:
+                await self._maybe_purge(conn)
+        if not held:
+            return 0
+        self._acked_unmarked = []  # marked: the statement committed
         if rows:
             await self._publish(rows)
             metrics.EVENTS_PRODUCED.labels(self.settings.service_name).inc(len(rows))
@@ -185,7 +199,8 @@ class OutboxRelay:
 
     async def _maybe_purge(self, conn: asyncpg.Connection) -> None:
         # Sent rows are kept a day for inspection, inbox rows (redelivery detection) for
-        # `inbox_retention_days`; purged now and then, not on every pass, a slice at a time.
+        # `inbox_retention_days`; purged now and then, not on every pass, a slice at a time
+        # (each statement on its own: a purge holds no long transaction).
         self._purge_countdown -= 1
         if self._purge_countdown > 0:
             return
