@@ -49,21 +49,32 @@ def pct(values: list[float], p: float) -> float:
 
 
 async def post_steadily(env: dict[str, str], run: str, rate: int, seconds: float) -> tuple[int, int]:
-    """Open loop: one alert every 1/rate s, whatever the answers' latency; (accepted, refused)."""
+    """Open loop: one alert every 1/rate s, whatever the answers' latency; (accepted, refused).
+    Refusals are printed by cause (status code or client error)."""
     accepted = refused = 0
+    reasons: dict[str, int] = {}
     headers = {"Authorization": f"Bearer {env['OPSLEDGER_DEMO_INTEGRATION_KEY']}"}
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=env["OPSLEDGER_INTAKE_URL"], headers=headers, limits=limits) as client:
+        # At most as many requests in flight as connections: httpcore's pool spends time quadratic
+        # in its queue, and a client that falls behind would measure itself, not the platform.
+        gate = asyncio.Semaphore(64)
 
         async def one(n: int) -> None:
-            nonlocal accepted, refused
             body = {"dedup_key": f"{run}-{n}", "title": f"pipeline bench {n}", "severity": "high", "service": run}
+            async with gate:
+                await send(body)
+
+        async def send(body: dict[str, str]) -> None:
+            nonlocal accepted, refused
             try:
                 answer = await client.post("/v1/alerts", json=body, timeout=30)
-                ok = answer.status_code == 202
-            except httpx.HTTPError:
-                ok = False
+                ok, why = answer.status_code == 202, str(answer.status_code)
+            except httpx.HTTPError as exc:
+                ok, why = False, type(exc).__name__
             accepted, refused = accepted + ok, refused + (not ok)
+            if not ok:
+                reasons[why] = reasons.get(why, 0) + 1
 
         tasks = []
         start = time.perf_counter()
@@ -73,7 +84,17 @@ async def post_steadily(env: dict[str, str], run: str, rate: int, seconds: float
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(n)))
         await asyncio.gather(*tasks)
+    if reasons:
+        print(f"       refused at {rate}/s: " + ", ".join(f"{n} {why}" for why, n in sorted(reasons.items())))
     return accepted, refused
+
+
+async def pages_waiting(env: dict[str, str]) -> float:
+    """Resolution's pending timers: the pages (emails, webhooks) not sent yet."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{env['OPSLEDGER_RESOLUTION_URL']}/metrics")).text
+    found = re.search(r"^opsledger_timers_pending\{[^}]*\} ([0-9.e+]+)$", text, re.M)
+    return float(found.group(1)) if found else float("nan")
 
 
 async def lag_of(env: dict[str, str], service: str) -> float:
@@ -155,6 +176,7 @@ async def main() -> None:
         accepted, refused = await post_steadily(env, run, rate, args.seconds)
         stopped = time.monotonic()
         lags = {s: await lag_of(env, s) for s in STAGES}
+        pages = await pages_waiting(env)
         events = await events_of(env, run, accepted, timeout=120, since=since)
         caught_up = time.monotonic() - stopped
         prioritized = [
@@ -178,6 +200,7 @@ async def main() -> None:
             spans = [(e[end] - e[start]).total_seconds() * 1000 for e in events.values() if start in e and end in e]
             hops.append(f"{who} {statistics.median(spans or [0]):.0f}/{pct(spans, 99):.0f}")
         print("       hops p50/p99 ms: " + ", ".join(hops))
+        print(f"       pages (the demo's email per assignment) not yet sent when the load stopped: {pages:.0f}")
         if len(assigned) < accepted:
             print(f"       only {len(assigned)} of {accepted} incidents were assigned within the time allowed")
     print("RSS after the run (MB): " + ", ".join(f"{s} {mb:.0f}" for s, mb in rss_mb().items()))
