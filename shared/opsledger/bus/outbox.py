@@ -4,9 +4,9 @@ inbox absorbs the duplicate) but never loses one. An event too large for its str
 dead-letter topic instead of holding back every event behind it.
 
 One relay per database publishes at a time, so a second replica cannot interleave (and so
-reorder) one incident's events: the relay holds the `outbox-relay` lease (opsledger.lease). It
-reads a batch in a short transaction, publishes with no transaction or lock open while it waits
-for Kafka's acknowledgement, then marks the batch sent in a second short transaction."""
+reorder) one incident's events: the relay holds the `outbox-relay` lease (opsledger.lease). Each
+pass is one statement (renew the lease, mark sent the batch Kafka acknowledged last pass, read the
+next batch), then a publish with no transaction or lock open while Kafka acknowledges."""
 
 from __future__ import annotations
 
