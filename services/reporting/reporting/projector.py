@@ -15,6 +15,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from opsledger.bus.consumer import Delivery
+from opsledger.db import driver_connection
 from reporting.domain import (
     GENESIS_HASH,
     LEGACY_CHAIN,
@@ -32,15 +33,6 @@ from reporting.domain import (
 from reporting.store import INCIDENT_COLUMNS, TIMELINE_COLUMNS, VERSION_COLUMNS
 
 assert list(STATE_FIELDS) == INCIDENT_COLUMNS, "IncidentState fields must follow the incidents columns"
-
-
-async def raw_connection(session: AsyncSession) -> asyncpg.Connection:
-    """The asyncpg connection under the session, inside the session's open transaction."""
-    conn = await session.connection()
-    fairy = await conn.get_raw_connection()
-    driver = fairy.driver_connection
-    assert isinstance(driver, asyncpg.Connection)
-    return driver
 
 
 @dataclass
@@ -98,12 +90,12 @@ class Projector:
 
     async def __call__(self, session: AsyncSession, deliveries: list[Delivery]) -> None:
         if deliveries:
-            await apply_batch(await raw_connection(session), self.version, deliveries, self.warm)
+            await apply_batch(await driver_connection(session), self.version, deliveries, self.warm)
 
     async def save_positions(self, session: AsyncSession, last: dict[tuple[str, int], int]) -> None:
         """Every record of the batch counts, applied or not (a duplicate the inbox absorbed, a
         dead letter): otherwise a partition ending in such records would be re-read on restart."""
-        await (await raw_connection(session)).executemany(
+        await (await driver_connection(session)).executemany(
             'INSERT INTO positions (version, topic, partition, "offset") VALUES ($1, $2, $3, $4)'
             " ON CONFLICT (version, topic, partition)"
             ' DO UPDATE SET "offset" = GREATEST(positions."offset", EXCLUDED."offset")',

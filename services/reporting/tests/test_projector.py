@@ -12,9 +12,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from opsledger.bus.consumer import Delivery
+from opsledger.db import driver_connection
 from reporting import queries
 from reporting.domain import GENESIS_HASH, LEGACY_CHAIN, PER_SUBJECT_CHAINS, fold_head
-from reporting.projector import Projector, raw_connection
+from reporting.projector import Projector
 from reporting.store import audit_chains, chain_heads, incident_versions, incidents, positions, timeline
 from reporting.versions import stored_positions
 
@@ -184,7 +185,7 @@ async def test_list_pages_and_as_of_are_read_through_indexes(reporting_db: Sessi
     try:
         async with reporting_db() as session:
             await session.execute(sa.text("SET enable_seqscan = off"))
-            raw = await raw_connection(session)
+            raw = await driver_connection(session)
             cases = [(sort, None) for sort in ("logged_at", "-occurred_at", "last_event_at", "-priority")]
             cases.append(("-logged_at", f.at(10)))
             for sort, as_of in cases:
