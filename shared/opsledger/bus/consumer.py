@@ -208,7 +208,9 @@ class EventConsumer:
             try:
                 await self.consumer.commit(pending)
             except Exception:
-                self._uncommitted = {**pending, **self._uncommitted}
+                # Kept for the next try, but only where this consumer still owns the partition.
+                owned = self.consumer.assignment()
+                self._uncommitted = {tp: o for tp, o in {**pending, **self._uncommitted}.items() if tp in owned}
                 raise
         self._committed_at = time.monotonic()
 
