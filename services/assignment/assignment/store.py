@@ -248,11 +248,13 @@ async def save(
         if v.assignee is not None and v.assigned_at is not None:
             last[v.assignee.sub] = max(v.assigned_at, last.get(v.assignee.sub, v.assigned_at))
     # In sub order: two units of work touching the same people lock their rows in the same order.
-    people_rows = [
-        {"sub": sub, "last_assigned_at": last.get(sub), "open_incidents": n[0], "open_tasks": n[1]}
-        for sub, n in sorted({**{sub: [0, 0] for sub in last}, **counts}.items())
-        if sub in last or n != [0, 0]
-    ]
+    moved = {sub for sub, n in counts.items() if n != [0, 0]}
+    people_rows = []
+    for sub in sorted(moved | last.keys()):
+        incidents, open_tasks = counts.get(sub, [0, 0])
+        people_rows.append(
+            {"sub": sub, "last_assigned_at": last.get(sub), "open_incidents": incidents, "open_tasks": open_tasks}
+        )
     if people_rows:
         await session.execute(_SAVE_PERSON, people_rows)
     if task_rows:
