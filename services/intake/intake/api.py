@@ -151,7 +151,7 @@ async def post_alert(request: Request) -> Response:
         integration = await authenticate(runtime, bearer_token(request), "generic")
         raw = await errors.json_body(request)
         alert = errors.parse(formats.GenericAlert, raw)
-        signal = formats.generic_signal(alert, raw, runtime.clock.now())
+        signal = formats.generic_signal(alert, raw, runtime.clock.now(), integration)
         [result] = await ingest_alerts(runtime, integration, [signal], _correlation(request))
         return JSONAnswer({"status": "accepted", **result.json()}, status_code=202)
 
@@ -176,7 +176,7 @@ async def post_alertmanager(request: Request) -> Response:
         if hook.truncatedAlerts:
             # Alertmanager's `max_alerts` cut the group: those alerts never reach us.
             log.warning("%s webhook dropped %d alerts (max_alerts)", hook.source, hook.truncatedAlerts)
-        signals = formats.alertmanager_signals(hook, raw, runtime.clock.now())
+        signals = formats.alertmanager_signals(hook, raw, runtime.clock.now(), integration)
         results = await ingest_alerts(runtime, integration, signals, _correlation(request))
         incident_ids = list(dict.fromkeys(str(r.incident_id) for r in results if r.incident_id))
         return JSONAnswer(
@@ -202,7 +202,7 @@ async def post_pagerduty(request: Request) -> Response:
         raw = await errors.json_body(request)
         event = errors.parse(formats.PagerDutyEvent, raw)
         integration = await authenticate(runtime, event.routing_key, "pagerduty", where="routing_key")
-        signal = formats.pagerduty_signal(event, raw, runtime.clock.now())
+        signal = formats.pagerduty_signal(event, raw, runtime.clock.now(), integration)
         [result] = await ingest_alerts(runtime, integration, [signal], _correlation(request))
         return JSONAnswer(
             {

@@ -123,8 +123,9 @@ def decide(
     state: AlertState, signal: AlertSignal, *, now: datetime, policy: FlapPolicy, new_incident_id: uuid.UUID
 ) -> Outcome:
     """Apply one signal to its key's state. `new_incident_id` is used only if an incident opens."""
-    transitions = tuple(t for t in state.transitions if t > now - policy.window)
-    state = replace(state, transitions=transitions)
+    if state.transitions:  # a new key has none: no copy of the state to make
+        since = now - policy.window
+        state = replace(state, transitions=tuple(t for t in state.transitions if t > since))
     if signal.kind is SignalKind.TRIGGER:
         return _trigger(state, signal, now, policy, new_incident_id)
     if signal.kind is SignalKind.RESOLVE:

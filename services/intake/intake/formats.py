@@ -12,6 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from intake import severity
 from intake.domain import AlertSignal, Report, SignalKind, stable_key
+from intake.integration_keys import Integration
 from opsledger.events.common import ImpactLevel, Link, Person
 from opsledger.events.intake import BusinessImpact
 
@@ -184,6 +185,13 @@ class AlertmanagerWebhook(_Foreign):
         return "grafana" if self.orgId is not None or self.version == "1" else "alertmanager"
 
 
+def _attribution(integration: Integration | None) -> tuple[str | None, str | None]:
+    """The id and name of the integration a signal came in by, as AlertSignal holds them."""
+    if integration is None:
+        return None, None
+    return str(integration.integration_id), integration.name
+
+
 def _first(*values: str | None) -> str | None:
     return next((v for v in values if v and v.strip()), None)
 
@@ -192,8 +200,12 @@ def _clip(value: str | None, limit: int = MAX_DESCRIPTION) -> str | None:
     return value[:limit] if value is not None else None
 
 
-def alertmanager_signals(hook: AlertmanagerWebhook, raw: dict[str, Any], now: datetime) -> list[AlertSignal]:
-    """One signal per alert of the webhook. `raw` is the body as received."""
+def alertmanager_signals(
+    hook: AlertmanagerWebhook, raw: dict[str, Any], now: datetime, integration: Integration | None = None
+) -> list[AlertSignal]:
+    """One signal per alert of the webhook. `raw` is the body as received; `integration`, the one
+    it came in by."""
+    by = _attribution(integration)
     group = {k: v for k, v in raw.items() if k != "alerts"}
     signals = []
     for alert, raw_alert in zip(hook.alerts, raw.get("alerts", []), strict=True):
@@ -216,6 +228,8 @@ def alertmanager_signals(hook: AlertmanagerWebhook, raw: dict[str, Any], now: da
         links = [link for link in found if link is not None]
         signals.append(
             AlertSignal(
+                integration_id=by[0],
+                integration_name=by[1],
                 kind=SignalKind.RESOLVE if resolved else SignalKind.TRIGGER,
                 source=hook.source,
                 dedup_key=alert.fingerprint or stable_key(hook.source, labels),
@@ -296,14 +310,19 @@ class PagerDutyEvent(_Foreign):
         return value
 
 
-def pagerduty_signal(event: PagerDutyEvent, raw: dict[str, Any], now: datetime) -> AlertSignal:
+def pagerduty_signal(
+    event: PagerDutyEvent, raw: dict[str, Any], now: datetime, integration: Integration | None = None
+) -> AlertSignal:
     """The event as a signal; a trigger without dedup_key gets a fresh one (as PagerDuty does)."""
+    by = _attribution(integration)
     raw = {k: v for k, v in raw.items() if k != "routing_key"}  # the key is a secret
     dedup_key = event.dedup_key or uuid.uuid4().hex
     kind = SignalKind(event.event_action)
     p = event.payload
     if p is None:  # acknowledge / resolve
         return AlertSignal(
+            integration_id=by[0],
+            integration_name=by[1],
             kind=kind,
             source="pagerduty",
             dedup_key=dedup_key,
@@ -330,6 +349,8 @@ def pagerduty_signal(event: PagerDutyEvent, raw: dict[str, Any], now: datetime) 
     if event.client_url:
         links.append(Link(href=event.client_url, text=one_line(event.client, 500) or "client"))
     return AlertSignal(
+        integration_id=by[0],
+        integration_name=by[1],
         kind=kind,
         source="pagerduty",
         dedup_key=dedup_key,
@@ -368,7 +389,10 @@ class GenericAlert(_Edge):
         return _checked_word(value)
 
 
-def generic_signal(alert: GenericAlert, raw: dict[str, Any], now: datetime) -> AlertSignal:
+def generic_signal(
+    alert: GenericAlert, raw: dict[str, Any], now: datetime, integration: Integration | None = None
+) -> AlertSignal:
+    by = _attribution(integration)
     key = alert.dedup_key or stable_key(
         "generic",
         alert.labels,
@@ -378,6 +402,8 @@ def generic_signal(alert: GenericAlert, raw: dict[str, Any], now: datetime) -> A
         title=None if alert.labels else alert.title,
     )
     return AlertSignal(
+        integration_id=by[0],
+        integration_name=by[1],
         kind=SignalKind.RESOLVE if alert.status == "resolved" else SignalKind.TRIGGER,
         source="generic",
         dedup_key=key,

@@ -143,7 +143,12 @@ def _event(
 
 
 def _with_integration(signal: AlertSignal, integration: Integration) -> AlertSignal:
-    return replace(signal, integration_id=str(integration.integration_id), integration_name=integration.name)
+    """The signal attributed to `integration` (the formats do it when given the integration:
+    `replace` copies all twenty fields, a tenth of the time an alert takes to decide)."""
+    integration_id = str(integration.integration_id)
+    if signal.integration_id == integration_id and signal.integration_name == integration.name:
+        return signal
+    return replace(signal, integration_id=integration_id, integration_name=integration.name)
 
 
 async def ingest_report(runtime: IntakeRuntime, report: Report, actor: str, correlation_id: str) -> uuid.UUID:

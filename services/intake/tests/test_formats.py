@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -9,6 +10,7 @@ from pydantic import ValidationError
 
 from intake import formats, severity
 from intake.domain import SignalKind, stable_key
+from intake.integration_keys import Integration
 from opsledger.events.common import Severity
 
 from .samples import alertmanager_body, am_alert, generic_alert, grafana_body, pagerduty_event, report
@@ -29,6 +31,23 @@ def test_alertmanager_alert_maps_to_a_trigger_keyed_by_fingerprint() -> None:
     assert firing.links[0].href.startswith("http://prometheus")
     assert firing.raw["alert"] == raw["alerts"][0] and firing.raw["group"]["receiver"] == "opsledger"
     assert resolved.kind is SignalKind.RESOLVE and resolved.occurred_at == datetime(2026, 3, 1, 10, 30, tzinfo=UTC)
+
+
+def test_every_format_names_the_integration_it_came_in_by() -> None:
+    integration = Integration(uuid.uuid4(), "prod-alertmanager", "any", disabled=False)
+    named = (str(integration.integration_id), "prod-alertmanager")
+    raw = alertmanager_body(am_alert(), am_alert(fingerprint="ffff"))
+    signals = formats.alertmanager_signals(formats.AlertmanagerWebhook.model_validate(raw), raw, NOW, integration)
+    raw = pagerduty_event("R" * 32)
+    signals.append(formats.pagerduty_signal(formats.PagerDutyEvent.model_validate(raw), raw, NOW, integration))
+    raw = pagerduty_event("R" * 32, "resolve", dedup_key="db-lag")
+    signals.append(formats.pagerduty_signal(formats.PagerDutyEvent.model_validate(raw), raw, NOW, integration))
+    raw = generic_alert()
+    signals.append(formats.generic_signal(formats.GenericAlert.model_validate(raw), raw, NOW, integration))
+    assert [(s.integration_id, s.integration_name) for s in signals] == [named] * 5
+    raw = alertmanager_body(am_alert())
+    [anonymous] = formats.alertmanager_signals(formats.AlertmanagerWebhook.model_validate(raw), raw, NOW)
+    assert (anonymous.integration_id, anonymous.integration_name) == (None, None)
 
 
 def test_alertmanager_without_fingerprint_uses_a_stable_label_hash() -> None:

@@ -6,7 +6,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Namespace for deterministic ids of derived events (uuid5).
@@ -53,7 +52,9 @@ class Envelope(BaseModel):
         return self.subject.encode()
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(self.model_dump(mode="json"))
+        # pydantic-core writes the JSON in one pass (no intermediate dict): half the time of
+        # model_dump + orjson, the same bytes.
+        return self.__pydantic_serializer__.to_json(self)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Envelope:
