@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -184,39 +185,69 @@ async def pending_deliveries(session: AsyncSession, keys: Collection[tuple[str, 
     return list(await session.execute(query))
 
 
-async def record_attempt(
-    session: AsyncSession,
-    subscription_id: str,
-    event_id: uuid.UUID,
-    *,
-    attempt: int,
-    at: datetime,
-    status_code: int | None,
-    error: str | None,
-    duration_ms: float,
-    status: str,
-    next_attempt_at: datetime | None,
-) -> None:
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt at a delivery, and where that leaves the delivery."""
+
+    subscription_id: str
+    event_id: uuid.UUID
+    attempt: int
+    at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+    status: str  # pending | delivered | failed
+    next_attempt_at: datetime | None
+
+
+# Compiled once and run for every attempt of a batch (executemany), like the upserts elsewhere.
+_AFTER_ATTEMPT = (
+    sa.update(deliveries)
+    .where(
+        deliveries.c.subscription_id == sa.bindparam("b_subscription_id"),
+        deliveries.c.event_id == sa.bindparam("b_event_id"),
+    )
+    .values(
+        status=sa.bindparam("status"),
+        attempts=sa.bindparam("attempt"),
+        next_attempt_at=sa.bindparam("next_attempt_at"),
+        delivered_at=sa.bindparam("delivered_at"),
+    )
+)
+
+
+async def record_attempts(session: AsyncSession, attempts: Sequence[Attempt]) -> None:
+    """Record each attempt and move its delivery on: two statements for the whole batch."""
+    if not attempts:
+        return
     await session.execute(
-        sa.insert(delivery_attempts).values(
-            subscription_id=subscription_id,
-            event_id=event_id,
-            attempt=attempt,
-            at=at,
-            status_code=status_code,
-            error=error,
-            duration_ms=duration_ms,
-        )
+        sa.insert(delivery_attempts),
+        [
+            {
+                "subscription_id": a.subscription_id,
+                "event_id": a.event_id,
+                "attempt": a.attempt,
+                "at": a.at,
+                "status_code": a.status_code,
+                "error": a.error,
+                "duration_ms": a.duration_ms,
+            }
+            for a in attempts
+        ],
     )
     await session.execute(
-        sa.update(deliveries)
-        .where(deliveries.c.subscription_id == subscription_id, deliveries.c.event_id == event_id)
-        .values(
-            status=status,
-            attempts=attempt,
-            next_attempt_at=next_attempt_at,
-            delivered_at=at if status == "delivered" else None,
-        )
+        _AFTER_ATTEMPT,
+        [
+            {
+                "b_subscription_id": a.subscription_id,
+                "b_event_id": a.event_id,
+                "status": a.status,
+                "attempt": a.attempt,
+                "next_attempt_at": a.next_attempt_at,
+                "delivered_at": a.at if a.status == "delivered" else None,
+            }
+            for a in attempts
+        ],
     )
 
 

@@ -33,6 +33,8 @@ from resolution.settings import Settings
 
 log = logging.getLogger(__name__)
 
+Outcome = tuple[int | None, str | None, float]  # status code, error (None: delivered), duration in ms
+
 
 class Webhooks:
     """Stages deliveries for consumed events and sends them when their timers fire."""
@@ -93,15 +95,20 @@ class Webhooks:
             uow.schedule(Timer(notify.timer_key(event_id, subscription_id), uow.now, data))
 
     async def fire(self, session: AsyncSession, fired: list[FiredTimer]) -> None:
-        """Send the due deliveries concurrently (a slow receiver costs at most the timeout), record
-        every attempt, and schedule the next one with backoff, or give up after the last."""
+        """Send the due deliveries concurrently (a slow receiver costs at most the timeout; the
+        emails go over one SMTP connection), record every attempt, and schedule the next one with
+        backoff, or give up after the last."""
         keys = {(str(t.data["subscription_id"]), uuid.UUID(str(t.data["event_id"]))) for t in fired}
         rows = await store.pending_deliveries(session, keys)
         now = self.clock.now()
+        emails = [r for r in rows if _usable(r) and r.channel == ChannelKind.EMAIL]
+        others = [r for r in rows if not (_usable(r) and r.channel == ChannelKind.EMAIL)]
         async with httpx.AsyncClient(timeout=self.settings.webhook_timeout_seconds, follow_redirects=False) as client:
-            results = await asyncio.gather(*(self._send(client, row, now) for row in rows))
-        later = []
-        for row, (status_code, error, duration_ms) in zip(rows, results, strict=True):
+            sent, mailed = await asyncio.gather(
+                asyncio.gather(*(self._send(client, row, now) for row in others)), self._mail(emails, now)
+            )
+        attempts, later = [], []
+        for row, (status_code, error, duration_ms) in zip([*others, *emails], [*sent, *mailed], strict=True):
             attempt = row.attempts + 1
             next_at: datetime | None = None
             if error is None:
@@ -121,26 +128,26 @@ class Webhooks:
                     error,
                     f"next at {next_at.isoformat()}" if next_at else "giving up",
                 )
-            await store.record_attempt(
-                session,
-                row.subscription_id,
-                row.event_id,
-                attempt=attempt,
-                at=now,
-                status_code=status_code,
-                error=error,
-                duration_ms=duration_ms,
-                status=status,
-                next_attempt_at=next_at,
+            attempts.append(
+                store.Attempt(
+                    row.subscription_id,
+                    row.event_id,
+                    attempt=attempt,
+                    at=now,
+                    status_code=status_code,
+                    error=error,
+                    duration_ms=duration_ms,
+                    status=status,
+                    next_attempt_at=next_at,
+                )
             )
+        await store.record_attempts(session, attempts)
         await timers.schedule_many(session, later)
 
-    async def _send(self, client: httpx.AsyncClient, row: Any, now: datetime) -> tuple[int | None, str | None, float]:
+    async def _send(self, client: httpx.AsyncClient, row: Any, now: datetime) -> Outcome:
         """One attempt: (status code, error or None when delivered, duration in ms)."""
-        if row.secret is None or not row.enabled:
+        if not _usable(row):
             return None, "the subscription was deleted or disabled", 0.0
-        if row.channel == ChannelKind.EMAIL:
-            return await self._mail(row, now)
         raw = orjson.dumps(row.body)
         stamp = int(now.timestamp())
         secrets = [row.secret] + ([row.previous_secret] if row.previous_secret else [])
@@ -156,17 +163,50 @@ class Webhooks:
         try:
             response = await client.post(row.target, content=raw, headers=headers)
         except httpx.HTTPError as exc:
-            return None, f"{type(exc).__name__}: {exc}"[:2000], (time.perf_counter() - started) * 1000
+            return None, _error(exc), _since(started)
         elapsed = (time.perf_counter() - started) * 1000
         if 200 <= response.status_code < 300:
             return response.status_code, None, elapsed
         return response.status_code, f"the receiver answered {response.status_code}", elapsed
 
-    async def _mail(self, row: Any, now: datetime) -> tuple[int | None, str | None, float]:
-        """One email attempt over SMTP (smtplib, in a worker thread: the event loop never blocks)."""
+    async def _mail(self, rows: Sequence[Any], now: datetime) -> list[Outcome]:
+        """One attempt at each email, all over one SMTP connection (smtplib, in a worker thread:
+        the event loop never blocks). A message the server refuses fails alone; a connection that
+        fails fails the messages not sent yet."""
         s = self.settings
+        if not rows:
+            return []
         if s.smtp_host is None:
-            return None, "no SMTP server is configured (OPSLEDGER_SMTP_HOST)", 0.0
+            return [(None, "no SMTP server is configured (OPSLEDGER_SMTP_HOST)", 0.0)] * len(rows)
+        messages = [self._message(row, now) for row in rows]
+
+        def send_all() -> list[Outcome]:
+            outcomes: list[Outcome] = []
+            started = time.perf_counter()
+            try:
+                with smtplib.SMTP(s.smtp_host or "", s.smtp_port, timeout=s.smtp_timeout_seconds) as smtp:
+                    if s.smtp_starttls:
+                        smtp.starttls()
+                    if s.smtp_username:
+                        smtp.login(s.smtp_username, s.smtp_password or "")
+                    for message in messages:
+                        try:
+                            smtp.send_message(message)
+                        except (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
+                            outcomes.append((None, _error(exc), _since(started)))
+                        else:
+                            outcomes.append((250, None, _since(started)))
+                        started = time.perf_counter()
+            except (OSError, smtplib.SMTPException) as exc:
+                # The connection failed (or never opened): the messages not sent yet fail with it.
+                # One that went before it stays sent, even if saying goodbye failed afterwards.
+                outcomes.extend([(None, _error(exc), _since(started))] * (len(messages) - len(outcomes)))
+            return outcomes
+
+        return await asyncio.to_thread(send_all)
+
+    def _message(self, row: Any, now: datetime) -> MIMEText:
+        s = self.settings
         # The compat32 API (MIMEText, Header): the default policy parses every header it is given
         # back through its header registry, which cost a third of this service's CPU in a storm.
         message = MIMEText(row.body["text"], "plain", "utf-8")
@@ -179,18 +219,17 @@ class Webhooks:
         message["Message-ID"] = f"<{row.idempotency_key}@opsledger>"
         message[notify.IDEMPOTENCY_HEADER] = row.idempotency_key
         message["X-OpsLedger-Event-Type"] = row.event_type
+        return message
 
-        def send() -> None:
-            with smtplib.SMTP(s.smtp_host or "", s.smtp_port, timeout=s.smtp_timeout_seconds) as smtp:
-                if s.smtp_starttls:
-                    smtp.starttls()
-                if s.smtp_username:
-                    smtp.login(s.smtp_username, s.smtp_password or "")
-                smtp.send_message(message)
 
-        started = time.perf_counter()
-        try:
-            await asyncio.to_thread(send)
-        except (OSError, smtplib.SMTPException) as exc:
-            return None, f"{type(exc).__name__}: {exc}"[:2000], (time.perf_counter() - started) * 1000
-        return 250, None, (time.perf_counter() - started) * 1000
+def _usable(row: Any) -> bool:
+    """The delivery's subscription still exists and is enabled."""
+    return row.secret is not None and bool(row.enabled)
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]
+
+
+def _since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

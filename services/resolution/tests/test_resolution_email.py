@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,8 +26,10 @@ from opsledger.events.common import PersonRef
 from opsledger.events.intake import IncidentLogged
 from opsledger.events.triage import IncidentPrioritized, PriorityInputs
 from opsledger.testing import TestInfra, eventually, running_app, session_tokens
+from opsledger.testing.helpers import free_port
 from resolution.app import build
 from resolution.settings import Settings
+from resolution.webhooks import Webhooks
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +44,10 @@ class MailSink:
 
     port: int = 0
     messages: list[tuple[list[str], EmailMessage]] = field(default_factory=list)
+    sessions: int = 0
 
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.sessions += 1
         recipients: list[str] = []
 
         async def reply(line: str) -> None:
@@ -60,7 +65,11 @@ class MailSink:
                     recipients = [] if verb in ("MAIL", "RSET") else recipients
                     await reply("250 ok")
                 elif verb == "RCPT":
-                    recipients.append(line.split(":", 1)[1].strip().strip("<>"))
+                    address = line.split(":", 1)[1].strip().strip("<>")
+                    if address.startswith("nobody@"):
+                        await reply("550 no such user")
+                        continue
+                    recipients.append(address)
                     await reply("250 ok")
                 elif verb == "DATA":
                     await reply("354 go on")
@@ -167,6 +176,30 @@ async def test_the_assignee_is_paged_by_email(settings: Settings, sink: MailSink
         ):
             assert expected in text, expected
         assert message["Message-ID"] == f"<{message['Idempotency-Key']}@opsledger>"
+
+
+async def test_a_batch_of_pages_goes_over_one_connection_and_a_refused_one_fails_alone(
+    settings: Settings, sink: MailSink
+) -> None:
+    def page(to: str) -> SimpleNamespace:
+        key = uuid.uuid4().hex
+        body = {"subject": f"[P2] page for {to}", "text": "the incident"}
+        return SimpleNamespace(body=body, target=to, idempotency_key=key, event_type="IncidentAssigned")
+
+    pages = [page("ann@example.com"), page("nobody@example.com"), page("bob@example.com")]
+    outcomes = await Webhooks(settings, ManualClock(T0))._mail(pages, T0)
+    assert [(code, error is None) for code, error, _ in outcomes] == [(250, True), (None, False), (250, True)]
+    assert "SMTPRecipientsRefused" in str(outcomes[1][1])
+    assert sink.sessions == 1
+    assert [(to, m["Subject"]) for to, m in sink.messages] == [
+        (["ann@example.com"], "[P2] page for ann@example.com"),
+        (["bob@example.com"], "[P2] page for bob@example.com"),
+    ]
+
+    settings.smtp_port = free_port()  # nothing listens there: every page fails, and says why
+    refused = await Webhooks(settings, ManualClock(T0))._mail(pages[:2], T0)
+    assert [code for code, _, _ in refused] == [None, None]
+    assert all("ConnectionRefusedError" in str(error) for _, error, _ in refused)
 
 
 async def publish(settings: Settings, incident_id: uuid.UUID, *payloads: EventPayload) -> None:
