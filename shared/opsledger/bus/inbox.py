@@ -5,14 +5,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-# One statement with two parameters, compiled once: a multi-row VALUES insert is recompiled for
-# every batch (measured ~0.1 ms per event on replay).
-_CLAIM = sa.text(
-    "INSERT INTO inbox (consumer, event_id) SELECT :consumer, unnest(CAST(:ids AS uuid[]))"
-    " ON CONFLICT DO NOTHING RETURNING event_id"
+from opsledger.db import driver_connection
+
+# One statement for any number of ids, prepared once per connection by the driver: through
+# SQLAlchemy it cost a tenth of a stage's CPU at 200 alerts/s (a batch is often a single event).
+_CLAIM = (
+    "INSERT INTO inbox (consumer, event_id) SELECT $1, unnest($2::uuid[]) ON CONFLICT DO NOTHING RETURNING event_id"
 )
 
 
@@ -21,5 +21,5 @@ async def claim(session: AsyncSession, consumer: str, event_ids: Iterable[uuid.U
     ids = list(dict.fromkeys(event_ids))
     if not ids:
         return set()
-    result = await session.execute(_CLAIM, {"consumer": consumer, "ids": ids})
-    return {i if isinstance(i, uuid.UUID) else uuid.UUID(str(i)) for i in result.scalars()}
+    rows = await (await driver_connection(session)).fetch(_CLAIM, consumer, ids)
+    return {r[0] for r in rows}
