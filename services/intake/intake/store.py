@@ -77,10 +77,23 @@ _LOCK_STATES = (
     "INSERT INTO alert_state (scope, dedup_key, status) SELECT $1, key, $2 FROM unnest($3::text[]) AS key"
     f" ON CONFLICT (scope, dedup_key) DO UPDATE SET scope = EXCLUDED.scope RETURNING dedup_key, {_STATE_COLUMNS}"
 )
-_SAVE_STATE = (
-    "UPDATE alert_state SET status = $3, incident_id = $4, occurrence_count = $5, first_seen = $6, last_seen = $7,"
-    " transitions = $8, flapping_since = $9, resolved_episode = $10, reopenable_until = $11"
-    " WHERE scope = $1 AND dedup_key = $2"
+# Every changed state of a request batch in one statement: executemany ran an UPDATE per key, which
+# was half of PostgreSQL's work for an Alertmanager body. Each row is found by its own primary-key
+# probe (LATERAL ... LIMIT 1) and updated by its ctid: a plain join on the keys was planned as a scan
+# of the integration's every row. A state's transitions (an array per row) travel as an array
+# literal, since arrays of arrays cannot be unnested into rows.
+_SAVE_STATES = (
+    "WITH u AS (SELECT * FROM unnest($2::text[], $3::text[], $4::uuid[], $5::int[], $6::timestamptz[],"
+    " $7::timestamptz[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[])"
+    " AS u(dedup_key, status, incident_id, occurrence_count, first_seen, last_seen, transitions, flapping_since,"
+    " resolved_episode, reopenable_until)),"
+    " t AS (SELECT a.tid, u.* FROM u, LATERAL (SELECT ctid AS tid FROM alert_state"
+    " WHERE scope = $1 AND dedup_key = u.dedup_key LIMIT 1) AS a)"
+    " UPDATE alert_state AS a SET status = t.status, incident_id = t.incident_id,"
+    " occurrence_count = t.occurrence_count, first_seen = t.first_seen, last_seen = t.last_seen,"
+    " transitions = t.transitions::timestamptz[], flapping_since = t.flapping_since,"
+    " resolved_episode = t.resolved_episode, reopenable_until = t.reopenable_until"
+    " FROM t WHERE a.ctid = ANY(ARRAY(SELECT tid FROM t)) AND a.ctid = t.tid"
 )
 _RECORD_INCIDENTS = (
     "INSERT INTO logged_incidents (incident_id, source, scope, dedup_key, title, logged_at)"
@@ -111,26 +124,29 @@ async def lock_states(conn: asyncpg.Connection, scope: str, keys: Sequence[str])
 
 
 async def save_states(conn: asyncpg.Connection, scope: str, states: dict[str, AlertState]) -> None:
-    if states:
-        await conn.executemany(
-            _SAVE_STATE,
-            [
-                (
-                    scope,
-                    key,
-                    s.status.value,
-                    s.incident_id,
-                    s.occurrence_count,
-                    s.first_seen,
-                    s.last_seen,
-                    list(s.transitions),
-                    s.flapping_since,
-                    s.resolved_episode,
-                    s.reopenable_until,
-                )
-                for key, s in states.items()
-            ],
-        )
+    """Write the states of keys locked by `lock_states` in this transaction (one statement)."""
+    if not states:
+        return
+    rows = list(states.values())
+    await conn.execute(
+        _SAVE_STATES,
+        scope,
+        list(states),
+        [s.status.value for s in rows],
+        [s.incident_id for s in rows],
+        [s.occurrence_count for s in rows],
+        [s.first_seen for s in rows],
+        [s.last_seen for s in rows],
+        [_array_literal(s.transitions) for s in rows],
+        [s.flapping_since for s in rows],
+        [s.resolved_episode for s in rows],
+        [s.reopenable_until for s in rows],
+    )
+
+
+def _array_literal(instants: Sequence[datetime]) -> str:
+    """A timestamptz[] as PostgreSQL reads it from text: ISO 8601 needs no quoting or escaping."""
+    return "{" + ",".join(instant.isoformat() for instant in instants) + "}"
 
 
 @dataclass(frozen=True)

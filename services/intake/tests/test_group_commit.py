@@ -4,14 +4,17 @@ alone: a request that cannot be written (an event too large for the log) fails b
 from __future__ import annotations
 
 import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from intake import store
+from intake.domain import AlertState, Status
 from intake.group_commit import BATCH_SIZE
-from opsledger.db import make_engine
+from opsledger.db import make_engine, pooled_driver
 from opsledger.testing import TestInfra, eventually
 
 from .harness import intake, make_settings
@@ -75,3 +78,36 @@ async def test_waiting_requests_share_one_transaction(infra: TestInfra, make_dat
     assert all(a.status_code == 202 for a in answers)
     transactions, requests = (after - b for after, b in zip(_committed_batches(), before, strict=True))
     assert requests == 30 and transactions <= 2, f"{requests} requests took {transactions} transactions"
+
+
+async def test_states_saved_together_read_back_as_saved_and_only_in_their_integration(
+    infra: TestInfra, make_database: Any, topic_prefix: str
+) -> None:
+    settings = await make_settings(infra, make_database, topic_prefix)
+    t0 = datetime(2026, 11, 30, 9, 0, 0, 123456, tzinfo=UTC)
+    saved = {
+        "fresh": AlertState(Status.FIRING, uuid.uuid4(), occurrence_count=1, first_seen=t0, last_seen=t0),
+        "flapping": AlertState(
+            Status.RESOLVED,
+            uuid.uuid4(),
+            occurrence_count=7,
+            first_seen=t0,
+            last_seen=t0 + timedelta(minutes=9),
+            transitions=(t0, t0 + timedelta(seconds=1, microseconds=5)),
+            flapping_since=t0,
+            resolved_episode=t0 - timedelta(hours=1),
+            reopenable_until=t0 + timedelta(days=7),
+        ),
+    }
+    keys = ["fresh", "flapping", "untouched"]
+    async with intake(settings) as svc:
+        async with pooled_driver(svc.runtime.engine) as conn, conn.transaction():
+            before = await store.lock_states(conn, "integration-a", keys)
+            await store.lock_states(conn, "integration-b", ["fresh"])  # the same key, another integration
+            await store.save_states(conn, "integration-a", saved)
+        async with pooled_driver(svc.runtime.engine) as conn, conn.transaction():
+            after = await store.lock_states(conn, "integration-a", keys)
+            other = await store.lock_states(conn, "integration-b", ["fresh"])
+    assert before == dict.fromkeys(keys, AlertState())
+    assert after == {**saved, "untouched": AlertState()}
+    assert other == {"fresh": AlertState()}
