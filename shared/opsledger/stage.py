@@ -129,8 +129,9 @@ class Stage(Generic[S, C]):
 
     # ------------------------------------------------------------------ consumed events
 
-    async def handle(self, uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
-        """Decide a whole batch in memory; write once."""
+    async def handle(self, uow: UnitOfWork, deliveries: Sequence[Delivery]) -> dict[uuid.UUID, S]:
+        """Decide a whole batch in memory; write once. Returns the batch's incidents as they now
+        are (saved, in this transaction), for a caller with more to do against them."""
         ids = {d.envelope.incident_id for d in deliveries if d.envelope.incident_id is not None}
         states = await self.load(uow, ids)
         loaded = dict(states)
@@ -146,6 +147,7 @@ class Stage(Generic[S, C]):
             correlation_id = self._correlation_of(states.get(incident_id)) or d.envelope.correlation_id
             uow.emit(*self._reactions_to(d.envelope, incident_id, decision.events, uow, correlation_id))
         await self.save(uow, changed, loaded)
+        return states
 
     def consumer(self, name: str, topics: list[str], outbox: Outbox, clock: Clock, **spec: Any) -> ConsumerSpec:
         """A consumer spec subscribed to exactly the decider's event types."""

@@ -49,8 +49,8 @@ class Resolution:
 
         async def batch(session: AsyncSession, deliveries: list[Delivery]) -> None:
             async with joined(session, self.outbox, self.clock.now()) as uow:
-                await self.stage.handle(uow, deliveries)
-                await self.webhooks.stage(uow, deliveries)
+                states = await self.stage.handle(uow, deliveries)
+                await self.webhooks.stage(uow, deliveries, states)
 
         types = set(self.stage.decider.event_types | notify.NOTIFY_TYPES)
         topics = [self.settings.topic(Stream.INCIDENTS)]

@@ -11,7 +11,7 @@ import logging
 import smtplib
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from email.header import Header
 from email.mime.text import MIMEText
@@ -29,6 +29,7 @@ from opsledger.events.resolution import ChannelKind, SubscriptionChanged
 from opsledger.timers import FiredTimer, Timer
 from opsledger.uow import UnitOfWork
 from resolution import notify, store
+from resolution.domain import Incident
 from resolution.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,11 @@ class Webhooks:
             cap=timedelta(seconds=settings.webhook_retry_max_seconds),
         )
 
-    async def stage(self, uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
-        """A delivery (and its timer, due now) per event and matching enabled subscription."""
+    async def stage(
+        self, uow: UnitOfWork, deliveries: Sequence[Delivery], states: Mapping[uuid.UUID, Incident]
+    ) -> None:
+        """A delivery (and its timer, due now) per event and matching enabled subscription.
+        `states`: the incidents as the stage left them after this batch (and saved them)."""
         events = [
             d.envelope
             for d in deliveries
@@ -59,8 +63,6 @@ class Webhooks:
         subscriptions = [SubscriptionChanged.model_validate(s) for s in await store.enabled_subscriptions(uow.session)]
         if not subscriptions:
             return
-        # The stage saved this batch's states in the same transaction: filters see them.
-        states = await store.load(uow, {e.incident_id for e in events if e.incident_id is not None})
         rows = []
         for event in events:
             incident = states.get(event.incident_id) if event.incident_id is not None else None
