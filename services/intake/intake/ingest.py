@@ -144,7 +144,7 @@ def _event(
 
 def _with_integration(signal: AlertSignal, integration: Integration) -> AlertSignal:
     """The signal attributed to `integration` (the formats do it when given the integration:
-    `replace` copies all twenty fields, a tenth of the time an alert takes to decide)."""
+    `replace` copies all twenty fields: about 10 µs an alert)."""
     integration_id = str(integration.integration_id)
     if signal.integration_id == integration_id and signal.integration_name == integration.name:
         return signal
