@@ -29,6 +29,7 @@ from typing import Any
 import asyncpg
 import orjson
 import sqlalchemy as sa
+import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -406,4 +407,5 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    # On uvloop, as the service runs (opsledger.cli starts uvicorn with loop="uvloop").
+    sys.exit(uvloop.run(main()))
