@@ -28,13 +28,11 @@ from typing import Any
 
 import asyncpg
 import orjson
-import sqlalchemy as sa
 import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from opsledger import migrations
-from opsledger.bus import inbox
 from opsledger.bus.consumer import EventConsumer
 from opsledger.bus.topics import ensure_topics
 from opsledger.db import make_engine, make_sessionmaker
@@ -57,9 +55,10 @@ from opsledger.events.resolution import (
     ResolutionCode,
 )
 from opsledger.events.sla import SlaBreached, SlaWarning
+from opsledger.service import tune_gc
 from reporting.app import MIGRATIONS
 from reporting.settings import Settings
-from reporting.versions import projection_spec, tune_gc
+from reporting.versions import projection_spec
 
 SERVICES = ["checkout", "payments", "search", "billing-db", "auth", "inventory", "cdn", "mail", "api-gw", "ledger"]
 CATEGORIES = [("Application", "Errors"), ("Database", "Capacity"), ("Network", "Latency"), ("Storage", "Disk"),
@@ -267,7 +266,7 @@ async def rebuild(settings: Settings, ends: dict[tuple[str, int], int], timeout:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)  # dead letters only
     await producer.start()
     spec = projection_spec(settings, sessionmaker, 1)
-    tune_gc()  # as the service does when it starts its projections
+    tune_gc()  # as every service does once it is ready
     projector = spec.batch_handler
     assert projector is not None
     stats = {"batches": 0, "handler_s": 0.0, "first_batch_at": 0.0}
@@ -321,20 +320,6 @@ async def rebuild(settings: Settings, ends: dict[tuple[str, int], int], timeout:
     return sum(ends.values()), elapsed
 
 
-async def claim_with_unnest(session: Any, consumer: str, event_ids: Any) -> set[uuid.UUID]:
-    """The change proposed for opsledger.bus.inbox.claim: the same effect, but one statement with
-    two parameters that SQLAlchemy compiles once, instead of a fresh N-row VALUES per batch."""
-    ids = list(dict.fromkeys(event_ids))
-    if not ids:
-        return set()
-    stmt = sa.text(
-        "INSERT INTO inbox (consumer, event_id) SELECT :consumer, unnest(CAST(:ids AS uuid[]))"
-        " ON CONFLICT DO NOTHING RETURNING event_id"
-    )
-    result = await session.execute(stmt, {"consumer": consumer, "ids": ids})
-    return {uuid.UUID(str(i)) for i in result.scalars()}
-
-
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -345,15 +330,8 @@ async def main() -> int:
     parser.add_argument(
         "--postgres", default=os.environ.get("OPSLEDGER_BENCH_POSTGRES", "postgresql://opsledger@127.0.0.1:15432")
     )
-    parser.add_argument(
-        "--proposed-inbox",
-        action="store_true",
-        help="use the inbox claim proposed for shared/ (one unnest insert instead of a compiled multi-row VALUES)",
-    )
     parser.add_argument("--keep", action="store_true", help="keep the topics and the database afterwards")
     args = parser.parse_args()
-    if args.proposed_inbox:
-        inbox.claim = claim_with_unnest
 
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     dbname = f"{prefix}_reporting"

@@ -15,7 +15,7 @@ from opsledger.service import create_app
 from reporting.api import admin, router
 from reporting.runtime import ReportingRuntime
 from reporting.settings import Settings
-from reporting.versions import ProjectionManager, tune_gc
+from reporting.versions import ProjectionManager
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"  # shipped inside the package
 
@@ -27,7 +27,6 @@ def build(settings: Settings | None = None) -> FastAPI:
     # `consumers`: which versions run (the active one, plus a rebuild's) is decided at runtime.
     async def on_ready(runtime: ReportingRuntime) -> None:
         if runtime.projections is None:
-            tune_gc()
             manager = ProjectionManager(runtime, switch_poll_seconds=settings.rebuild_switch_poll_seconds)
             await manager.start()
             runtime.projections = manager

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,18 +29,6 @@ log = logging.getLogger(__name__)
 
 class RebuildAlreadyRunning(Exception):
     pass
-
-
-# Python's cyclic GC runs a young collection every 700 net allocations of containers; decoding and
-# projecting a batch of 2,000 events allocates hundreds of thousands (envelopes, payload models,
-# rows), and every tenth young collection also walks the middle generation: a third of the decode
-# time on replay, for no garbage (these objects die by reference counting, not in cycles).
-GC_THRESHOLDS = (50_000, 20, 100)
-
-
-def tune_gc() -> None:
-    """Collect cycles less often in the projection process (see GC_THRESHOLDS)."""
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def consumer_name(version: int) -> str:
