@@ -225,6 +225,7 @@ async def main() -> None:
     for rate in (int(r) for r in args.rates.split(",")):
         run = f"pipe{uuid.uuid4().hex[:8]}"
         since = time.time() - 1
+        posting = time.monotonic()
         accepted, refused = await post_steadily(env, run, rate, args.seconds)
         stopped = time.monotonic()
         lags = {s: await lag_of(env, s) for s in STAGES}
@@ -252,6 +253,8 @@ async def main() -> None:
             spans = [(e[end] - e[start]).total_seconds() * 1000 for e in events.values() if start in e and end in e]
             hops.append(f"{who} {statistics.median(spans or [0]):.0f}/{pct(spans, 99):.0f}")
         print("       hops p50/p99 ms: " + ", ".join(hops))
+        # An open loop keeps its rate only if the client keeps up: this says whether it did.
+        print(f"       the load took {stopped - posting:.1f} s for {args.seconds:g} s of schedule")
         print(f"       pages (the demo's email per assignment) not yet sent when the load stopped: {pages:.0f}")
         if len(assigned) < accepted:
             print(f"       only {len(assigned)} of {accepted} incidents were assigned within the time allowed")
