@@ -49,17 +49,11 @@ _STAGE = (
 # many to read): renew the lease; if held, mark the last pass sent and read the next rows. The row
 # with a null id says whether the lease is held. Every part sees the same snapshot, hence the
 # `<> ALL($4)`: the rows being marked still look unsent to the read.
-# The pass commits without waiting for its WAL to reach the disk (synchronous_commit off for this
-# transaction only): what a database crash can lose of it is a "sent" mark, which re-publishes
-# events the consumers' inboxes absorb, or a lease renewal, a fraction of a second of a lease that
-# lasts `relay_lease_seconds`. It spares every hop of the pipeline an fsync: 1.7-2.4 ms a pass
-# on this machine's disk, against 0.13-0.2 ms.
 _PASS = (
     f"WITH lease AS ({ACQUIRE_SQL}),"
-    " no_fsync AS (SELECT set_config('synchronous_commit', 'off', true)),"
     " marked AS (UPDATE outbox SET sent_at = now() WHERE id = ANY($4::bigint[]) AND EXISTS (SELECT FROM lease))"
     " SELECT NULL::bigint AS id, NULL::text AS topic, NULL::bytea AS key, NULL::bytea AS value,"
-    " NULL::text AS event_type, EXISTS (SELECT FROM lease) AS held FROM no_fsync"
+    " NULL::text AS event_type, EXISTS (SELECT FROM lease) AS held"
     " UNION ALL (SELECT id, topic, key, value, event_type, true FROM outbox"
     " WHERE sent_at IS NULL AND id <> ALL($4::bigint[]) AND EXISTS (SELECT FROM lease) ORDER BY id LIMIT $5)"
 )
