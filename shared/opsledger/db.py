@@ -68,18 +68,9 @@ async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
     conn = await session.connection()
     fairy = await conn.get_raw_connection()
     # SQLAlchemy's asyncpg adapter sends BEGIN lazily, with the first statement it runs: without
-    # one, a statement sent on the driver connection would run (and commit) on its own. The
-    # adapter's own way to begin sends BEGIN alone (a statement to make it do so would cost a
-    # round trip more); should a later SQLAlchemy lack it, that statement is the fallback.
-    adapter = fairy.dbapi_connection
-    if getattr(adapter, "_transaction", None) is None:
-        start = getattr(adapter, "_start_transaction", None)
-        if start is None:
-            await conn.exec_driver_sql("SELECT 1")
-        else:
-            async with adapter._execute_mutex:  # type: ignore[union-attr]
-                if adapter._transaction is None:  # type: ignore[union-attr]
-                    await start()
+    # one, a statement sent on the driver connection would run (and commit) on its own.
+    if getattr(fairy.dbapi_connection, "_transaction", None) is None:
+        await conn.exec_driver_sql("SELECT 1")
     driver = fairy.driver_connection
     assert isinstance(driver, asyncpg.Connection)
     return driver
