@@ -18,7 +18,7 @@ from opsledger import migrations, timers
 from opsledger.bus.consumer import Delivery
 from opsledger.bus.outbox import Outbox
 from opsledger.clock import ManualClock
-from opsledger.db import make_engine, make_sessionmaker, outbox_table
+from opsledger.db import driver_connection, make_engine, make_sessionmaker, outbox_table
 from opsledger.events import Envelope, EventPayload, Stream, event, new_event, registry
 from opsledger.settings import ServiceSettings
 from opsledger.stage import Decider, Decision, Stage
@@ -186,6 +186,25 @@ async def test_timers_and_commands_run_through_the_same_decisions(engine: AsyncE
         async with unit_of_work(sessionmaker, outbox, clock) as uow:
             await stage.execute(uow, uuid.uuid4(), reset_to(1), actor="user:alice", correlation_id=None)
     assert len(await staged(engine)) == 4  # the refused command wrote nothing
+
+
+@pytest.mark.integration
+async def test_a_statement_on_the_driver_connection_belongs_to_the_sessions_transaction(engine: AsyncEngine) -> None:
+    sessionmaker = make_sessionmaker(engine)
+    insert = "INSERT INTO tallies (incident_id, count) VALUES ($1, 1)"
+    rolled_back, committed = uuid.uuid4(), uuid.uuid4()
+    with pytest.raises(RuntimeError):
+        async with sessionmaker() as session, session.begin():
+            await (await driver_connection(session)).execute(insert, rolled_back)  # the first statement
+            raise RuntimeError("rolled back")
+    async with sessionmaker() as session, session.begin():
+        conn = await driver_connection(session)
+        assert conn.is_in_transaction()
+        await conn.execute(insert, committed)
+        assert await driver_connection(session) is conn
+    async with engine.connect() as c:
+        found = set((await c.execute(sa.select(tallies.c.incident_id))).scalars())
+    assert committed in found and rolled_back not in found
 
 
 @pytest.mark.integration
