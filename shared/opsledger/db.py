@@ -46,6 +46,20 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database is away: one of DATABASE_UNAVAILABLE, or an error caused by
+    one. SQLAlchemy wraps some in its generic DBAPIError: asyncpg's "the database system is shutting
+    down", met when a connection is opened while PostgreSQL stops, comes that way."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a cause chain is short; never follow a cycle for ever
+        if seen is None:
+            return False
+        if isinstance(seen, DATABASE_UNAVAILABLE):
+            return True
+        seen = seen.__cause__
+    return False
+
+
 @contextlib.asynccontextmanager
 async def pooled_driver(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
     """The asyncpg connection of a pooled one, outside any SQLAlchemy transaction: each statement
@@ -56,8 +70,9 @@ async def pooled_driver(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection
         assert isinstance(conn, asyncpg.Connection)
         try:
             yield conn
-        except DATABASE_UNAVAILABLE:
-            await pooled.invalidate()
+        except Exception as exc:
+            if unavailable(exc):
+                await pooled.invalidate()
             raise
 
 

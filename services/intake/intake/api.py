@@ -21,7 +21,7 @@ from intake.integration_keys import Integration
 from intake.integrations import authenticate
 from intake.runtime import IntakeRuntime
 from opsledger.auth import Principal, bearer_token, check_roles, looks_like_jwt, verifier_of
-from opsledger.db import DATABASE_UNAVAILABLE
+from opsledger.db import unavailable
 from opsledger.logs import current_correlation_id
 from opsledger.problems import ProblemDetails
 
@@ -59,7 +59,9 @@ async def _guard(
         # A value passed the edge but not an event schema: still the input's fault, never a 500.
         log.warning("input accepted at the edge failed an event schema: %s", exc)
         return render(errors.invalid(exc))
-    except DATABASE_UNAVAILABLE as exc:
+    except Exception as exc:
+        if not unavailable(exc):
+            raise
         # The database is unreachable or its pool is exhausted: nothing was committed; retry.
         log.warning("database unavailable: %r", exc)
         return render(Rejected(503, "database unavailable, retry later", headers={"Retry-After": "1"}))
