@@ -1,10 +1,12 @@
 -- wrk script: POST unique alerts (a new dedup key each request) and count answers by status.
 -- Env: KEY (bearer), BATCH (alerts per body: 0 = one generic alert to /v1/alerts, N = an
--- Alertmanager body of N alerts to /v1/integrations/alertmanager).
+-- Alertmanager body of N alerts to /v1/integrations/alertmanager), FORMAT=alerta (one alert to
+-- Alerta's /alert instead, the baseline of bench/intake.py --alerta).
 local threads = {}
 local counter = 0
 local batch = tonumber(os.getenv("BATCH") or "0")
 local key = os.getenv("KEY") or ""
+local alerta = os.getenv("FORMAT") == "alerta"
 
 function setup(thread)
   thread:set("id", #threads + 1)
@@ -33,7 +35,21 @@ local function alertmanager()
   return '{"version":"4","status":"firing","receiver":"opsledger","groupLabels":{},"commonLabels":{"job":"bench"},"commonAnnotations":{},"alerts":[' .. table.concat(alerts, ",") .. ']}'
 end
 
+-- Resource and event are new on every request, so Alerta creates an alert each time (a repeat
+-- would only bump a duplicate count). The environment must be one of Alerta's default
+-- ALLOWED_ENVIRONMENTS, or its reject plugin refuses the alert.
+local function alerta_alert()
+  counter = counter + 1
+  local unique = string.format("%d-%d-%d", id, math.random(1, 2000000000), counter)
+  return string.format(
+    '{"resource":"db-%s","event":"DiskFull-%s","environment":"Production","service":["payments-db"],"severity":"critical","text":"disk 95%% full"}',
+    unique, unique)
+end
+
 function request()
+  if alerta then
+    return wrk.format("POST", "/alert", {["Content-Type"] = "application/json"}, alerta_alert())
+  end
   local headers = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. key}
   if batch > 0 then
     return wrk.format("POST", "/v1/integrations/alertmanager", headers, alertmanager())
@@ -42,7 +58,8 @@ function request()
 end
 
 function response(status, headers, body)
-  if status >= 200 and status < 300 then ok = ok + 1
+  -- Alerta answers 202 for an alert it accepted but suppressed (blackout): only 201 counts there.
+  if (alerta and status == 201) or (not alerta and status >= 200 and status < 300) then ok = ok + 1
   elseif status == 503 then shed = shed + 1
   else other = other + 1 end
 end
