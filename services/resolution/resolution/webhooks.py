@@ -103,8 +103,10 @@ class Webhooks:
         keys = {(str(t.data["subscription_id"]), uuid.UUID(str(t.data["event_id"]))) for t in fired}
         rows = await store.pending_deliveries(session, keys)
         now = self.clock.now()
-        emails = [r for r in rows if _usable(r) and r.channel == ChannelKind.EMAIL]
-        others = [r for r in rows if not (_usable(r) and r.channel == ChannelKind.EMAIL)]
+        emails: list[Any] = []
+        others: list[Any] = []  # webhooks, and deliveries whose subscription is gone (_send says so)
+        for row in rows:
+            (emails if _usable(row) and row.channel == ChannelKind.EMAIL else others).append(row)
         async with httpx.AsyncClient(timeout=self.settings.webhook_timeout_seconds, follow_redirects=False) as client:
             sent, mailed = await asyncio.gather(
                 asyncio.gather(*(self._send(client, row, now) for row in others)), self._mail(emails, now)
