@@ -4,9 +4,12 @@ timers, leases) every service has."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import functools
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
 
 import asyncpg
+import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
@@ -89,6 +92,62 @@ async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
     driver = fairy.driver_connection
     assert isinstance(driver, asyncpg.Connection)
     return driver
+
+
+_PG = pg.dialect()  # type: ignore[no-untyped-call]
+_JSON = orjson.OPT_NON_STR_KEYS
+
+
+@functools.cache
+def _write_rows_sql(table: sa.Table, columns: tuple[str, ...], key: tuple[str, ...], update: tuple[str, ...]) -> str:
+    casts = []
+    for n, name in enumerate(columns, 1):
+        column_type = table.c[name].type
+        if isinstance(column_type, sa.ARRAY):
+            # unnest flattens an array of arrays into one list of elements.
+            raise ValueError(f"{table.name}.{name}: an array column cannot travel through unnest")
+        casts.append(f"${n}::{column_type.compile(dialect=_PG)}[]")
+    names = ", ".join(f'"{c}"' for c in columns)
+    sql = f'INSERT INTO "{table.name}" ({names}) SELECT * FROM unnest({", ".join(casts)})'
+    if key:
+        target = ", ".join(f'"{c}"' for c in key)
+        sql += f" ON CONFLICT ({target}) DO " + ("UPDATE SET " + ", ".join(update) if update else "NOTHING")
+    return sql
+
+
+async def write_rows(
+    session: AsyncSession,
+    table: sa.Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    key: Sequence[str] = (),
+    update: Sequence[str] = (),
+    constants: Mapping[str, str] | None = None,
+) -> None:
+    """Insert `rows` (mappings with the same keys) in the session's transaction with one
+    statement whatever their count: one array a column, through unnest, on the driver connection.
+    With `key` (the conflict target), a row whose key exists updates the `update` columns from the
+    new row, and sets each of `constants` (column -> SQL expression); without `update` or
+    `constants` it is skipped. Rows of one statement must not share a key when they update. JSON
+    columns take Python values. SQLAlchemy's executemany ran, and PostgreSQL executed, a
+    statement a row: most of a stage's statements under load."""
+    if not rows:
+        return
+    columns = tuple(rows[0])
+    sets = tuple(f'"{c}" = EXCLUDED."{c}"' for c in update) + tuple(
+        f'"{c}" = {expr}' for c, expr in (constants or {}).items()
+    )
+    sql = _write_rows_sql(table, columns, tuple(key), sets)
+    arrays: list[list[Any]] = []
+    for name in columns:
+        values = [row[name] for row in rows]
+        column_type = table.c[name].type
+        if isinstance(column_type, sa.JSON):
+            # As SQLAlchemy writes them: None is JSON null unless the column says SQL NULL.
+            sql_null = column_type.none_as_null
+            values = [None if v is None and sql_null else orjson.dumps(v, option=_JSON).decode() for v in values]
+        arrays.append(values)
+    await (await driver_connection(session)).execute(sql, *arrays)
 
 
 _AFTER_COMMIT = "opsledger.after_commit"

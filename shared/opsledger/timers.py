@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from opsledger import metrics, retry
 from opsledger.clock import Clock
-from opsledger.db import after_commit, timers_table
+from opsledger.db import after_commit, driver_connection, timers_table, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +97,13 @@ async def schedule_many(session: AsyncSession, items: Sequence[Timer]) -> None:
         rows[t.key] = {"key": t.key, "due_at": due, "fire_at": due, "data": dict(t.data)}
     if not rows:
         return
-    stmt = pg_insert(timers_table)
-    excluded = stmt.excluded
-    await session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["key"],
-            set_={"due_at": excluded.due_at, "fire_at": excluded.fire_at, "data": excluded.data, "attempts": 0},
-        ),
+    await write_rows(
+        session,
+        timers_table,
         list(rows.values()),
+        key=["key"],
+        update=["due_at", "fire_at", "data"],
+        constants={"attempts": "0"},
     )
     earliest = min(r["due_at"] for r in rows.values())
     after_commit(session, lambda: _wake_runners(earliest))
@@ -113,7 +112,7 @@ async def schedule_many(session: AsyncSession, items: Sequence[Timer]) -> None:
 async def cancel(session: AsyncSession, *keys: str) -> None:
     """Cancel timers in the caller's transaction (an unknown key is no error)."""
     if keys:
-        await session.execute(sa.delete(timers_table).where(timers_table.c.key.in_(keys)))
+        await (await driver_connection(session)).execute("DELETE FROM timers WHERE key = ANY($1::text[])", list(keys))
 
 
 async def pending(session: AsyncSession, prefix: str = "") -> dict[str, datetime]:

@@ -571,6 +571,41 @@ async def test_two_relays_publish_each_event_once_in_order_holding_nothing_while
     assert all(ns == sorted(ns) for ns in by_incident.values()), "one incident's events stay in order"
 
 
+async def test_a_row_committed_below_one_already_sent_is_still_published_in_its_incidents_order(
+    infra: TestInfra, make_database: Any, topic_prefix: str
+) -> None:
+    """Ids come from a sequence: a transaction that took its id first can commit after a later one
+    was published. The relay's scan starts above what it sent, but not above such a row."""
+    settings = await make_settings(infra, make_database, topic_prefix)
+    engine = make_engine(settings)
+    producer = make_producer(settings)
+    await producer.start()
+    outbox = Outbox(settings)
+    relay = OutboxRelay(settings, make_sessionmaker(engine), producer, outbox)
+    incident = str(uuid.uuid4())
+    slow = app.tick(0, incident)
+    try:
+        async with make_sessionmaker(engine)() as open_session:
+            await open_session.begin()
+            await outbox.add(open_session, [slow])  # its row has the lowest id, and is not committed
+            others = await stage_ticks(settings, 3)
+            assert await relay.publish_batch() == 3
+            assert relay.floor.value == 0 < relay.floor.sent_through, "held for the open transaction"
+            await open_session.commit()
+        later = app.tick(1, incident)
+        async with make_sessionmaker(engine)() as session, session.begin():
+            await outbox.add(session, [later])
+        while await relay.publish_batch():
+            pass
+        assert await backbone_unsent(engine) == 0
+    finally:
+        await producer.stop()
+        await engine.dispose()
+    on_wire = await topic_event_ids(settings, settings.topic(Stream.INCIDENTS), 5)
+    assert sorted(on_wire) == sorted([*others, slow.event_id, later.event_id]), "each once, the late one too"
+    assert on_wire.index(slow.event_id) < on_wire.index(later.event_id), "the incident's order holds"
+
+
 async def backbone_unsent(engine: Any) -> int:
     return await app.unsent(engine)  # type: ignore[no-any-return]
 

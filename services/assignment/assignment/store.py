@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from assignment.config import Load
 from assignment.domain import OPEN, Incident, Task
+from opsledger.db import write_rows
 from opsledger.events.assignment import TaskOrigin, TaskPriority, TaskStatus
 from opsledger.events.common import PersonRef
 
@@ -171,14 +172,7 @@ async def load(session: AsyncSession, ids: Collection[uuid.UUID]) -> dict[uuid.U
 
 # Compiled once and executed for every row: a VALUES list of N rows would be a new statement to
 # compile for every N.
-_INCIDENT_UPSERT = pg_insert(known_incidents)
-_SAVE_INCIDENT = _INCIDENT_UPSERT.on_conflict_do_update(
-    index_elements=["incident_id"],
-    set_={
-        c: _INCIDENT_UPSERT.excluded[c]
-        for c in ("logged_at", "title", "status", "team_id", "assignee_sub", "assigned_at", "state")
-    },
-)
+_INCIDENT_COLUMNS = ("logged_at", "title", "status", "team_id", "assignee_sub", "assigned_at", "state")
 _PEOPLE_UPSERT = pg_insert(people)
 _SAVE_PERSON = _PEOPLE_UPSERT.on_conflict_do_update(
     index_elements=["sub"],
@@ -218,7 +212,7 @@ async def save(
         }
         for k, v in sorted(changed.items())
     ]
-    await session.execute(_SAVE_INCIDENT, rows)
+    await write_rows(session, known_incidents, rows, key=["incident_id"], update=_INCIDENT_COLUMNS)
     task_rows = [
         {
             "task_id": t.task_id,

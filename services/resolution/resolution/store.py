@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from opsledger.db import write_rows
 from opsledger.uow import UnitOfWork
 from resolution.domain import Incident, from_json, to_json
 
@@ -115,14 +116,10 @@ async def save(uow: UnitOfWork, changed: dict[uuid.UUID, Incident], loaded: Mapp
             "state": to_json(state),
             "updated_at": uow.now,
         }
-        for incident_id, state in changed.items()
+        for incident_id, state in sorted(changed.items())
     ]
-    stmt = pg_insert(incidents)
     columns = ("status", "priority", "resolved_at", "closed_at", "state", "updated_at")
-    await uow.session.execute(
-        stmt.on_conflict_do_update(index_elements=["incident_id"], set_={c: stmt.excluded[c] for c in columns}),
-        rows,
-    )
+    await write_rows(uow.session, incidents, rows, key=["incident_id"], update=columns)
 
 
 # --------------------------------------------------------------------------- subscriptions

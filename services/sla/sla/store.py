@@ -9,9 +9,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from opsledger.db import write_rows
 from opsledger.events.common import SlaTargetKind
 from opsledger.uow import UnitOfWork
 from sla.clocks import Clock, Hold
@@ -155,16 +155,8 @@ async def load(uow: UnitOfWork, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, I
     return {row.incident_id: incident_from(row.state) for row in await uow.session.execute(query)}
 
 
-_UPSERT = pg_insert(known_incidents)
-_SAVE = _UPSERT.on_conflict_do_update(
-    index_elements=["incident_id"],
-    set_={c: _UPSERT.excluded[c] for c in ("logged_at", "title", "priority", "state", "updated_at")},
-)
-
-
 async def save(uow: UnitOfWork, changed: dict[uuid.UUID, Incident], loaded: Mapping[uuid.UUID, Incident]) -> None:
-    """Write the incidents a unit of work changed: one statement, executed for every row (a
-    compiled statement reused, not a 500-row VALUES list compiled each time)."""
+    """Write the incidents a unit of work changed: one statement."""
     if not changed:
         return
     rows = [
@@ -178,16 +170,18 @@ async def save(uow: UnitOfWork, changed: dict[uuid.UUID, Incident], loaded: Mapp
         }
         for k, v in sorted(changed.items())
     ]
-    await uow.session.execute(_SAVE, rows)
-
-
-_RECORD = pg_insert(sla_inputs).on_conflict_do_nothing()
+    await write_rows(
+        uow.session,
+        known_incidents,
+        rows,
+        key=["incident_id"],
+        update=["logged_at", "title", "priority", "state", "updated_at"],
+    )
 
 
 async def record_inputs(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     """Keep consumed events for what-if replays (a redelivery is kept once)."""
-    if rows:
-        await session.execute(_RECORD, rows)
+    await write_rows(session, sla_inputs, rows, key=["incident_id", "event_id"])
 
 
 async def load_incident(session: AsyncSession, incident_id: uuid.UUID) -> sa.Row[Any] | None:

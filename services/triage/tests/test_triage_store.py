@@ -7,17 +7,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from opsledger import migrations
 from opsledger.bus.consumer import Delivery
 from opsledger.bus.outbox import Outbox
 from opsledger.clock import ManualClock
-from opsledger.db import make_engine, make_sessionmaker, outbox_table
+from opsledger.db import make_sessionmaker, outbox_table
 from opsledger.events import Envelope, new_event, registry
 from opsledger.events.intake import AlertCorrelated, IncidentLogged
 from opsledger.testing import TestInfra
@@ -36,23 +37,39 @@ T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 async def engine(infra: TestInfra, make_database: Callable[..., Any]) -> AsyncIterator[AsyncEngine]:
     url = await make_database()
     await migrations.upgrade_async(MIGRATIONS, url)
-    e = make_engine(Settings(database_url=url))
+    e = create_async_engine(url, connect_args={"connection_class": DriverConnection})
     yield e
     await e.dispose()
 
 
+class DriverConnection(asyncpg.Connection):
+    """Notes the statements sent with `execute` on the driver connection (the set-based writes),
+    but for transaction control."""
+
+    sent: ClassVar[list[str]] = []
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+        word = query.split(None, 1)[0].upper().rstrip(";")
+        if word not in ("BEGIN", "COMMIT", "ROLLBACK"):
+            self.sent.append(word)
+        return await super().execute(query, *args, timeout=timeout)
+
+
 class Statements:
-    """The SQL statements an engine runs, by their first word."""
+    """The SQL statements an engine runs, by their first word: SQLAlchemy's, and those sent on the
+    driver connection."""
 
     def __init__(self, engine: AsyncEngine) -> None:
-        self.seen: list[str] = []
+        self.seen = DriverConnection.sent
+        self.seen.clear()
         sa.event.listen(engine.sync_engine, "before_cursor_execute", self._record)
 
     def _record(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         self.seen.append(statement.split(None, 1)[0].upper())
 
     def take(self) -> list[str]:
-        seen, self.seen = self.seen, []
+        seen = list(self.seen)
+        self.seen.clear()
         return seen
 
 
@@ -104,16 +121,15 @@ async def test_a_batch_loads_once_saves_once_and_reuses_the_compiled_policy(engi
     incidents = [uuid.uuid4() for _ in range(5)]
     async with unit_of_work(sessionmaker, outbox, clock) as uow:
         await triage.stage.handle(uow, [delivery(logged(i)) for i in incidents])
-    # Load, versions in force, configs at those versions (first build), one upsert (executed for
-    # every row); the transaction's BEGIN and COMMIT are not cursor statements, and the outbox
-    # stages its rows with one statement on the driver connection, which SQLAlchemy does not see.
-    assert statements.take() == ["SELECT", "SELECT", "SELECT", "INSERT"]
+    # Load, versions in force, configs at those versions (first build), one upsert of the five
+    # states, one insert of their events into the outbox.
+    assert statements.take() == ["SELECT", "SELECT", "SELECT", "INSERT", "INSERT"]
     assert triage.policies.builds == 1
 
     async with unit_of_work(sessionmaker, outbox, clock) as uow:
         await triage.stage.handle(uow, [delivery(correlated(i, "critical")) for i in incidents])
     # The policy came from the cache: one query for the versions, none for the bodies.
-    assert statements.take() == ["SELECT", "SELECT", "INSERT"]
+    assert statements.take() == ["SELECT", "SELECT", "INSERT", "INSERT"]
     assert triage.policies.builds == 1
 
     async with sessionmaker() as session:

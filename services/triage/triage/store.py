@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from opsledger.db import write_rows
 from triage import domain
 
 metadata = sa.MetaData()
@@ -215,16 +216,10 @@ async def load_states(session: AsyncSession, ids: Collection[uuid.UUID]) -> dict
 
 
 _MUTABLE = ("facts", "decision", "overrides", "category", "subcategory", "priority", "updated_at")
-_UPSERT = pg.insert(incidents)
-# Compiled once and executed for every row: a VALUES list of N rows is a new statement to compile
-# for every N (that compiling was a sixth of triage's CPU under load).
-_SAVE = _UPSERT.on_conflict_do_update(
-    index_elements=[incidents.c.incident_id], set_={c: _UPSERT.excluded[c] for c in _MUTABLE}
-)
 
 
 async def save_states(session: AsyncSession, changed: Mapping[uuid.UUID, domain.TriageState], at: datetime) -> None:
-    """Write these states: one INSERT ... ON CONFLICT DO UPDATE, executed for every row."""
+    """Write these states: one statement."""
     rows = [
         {
             "incident_id": incident_id,
@@ -241,5 +236,4 @@ async def save_states(session: AsyncSession, changed: Mapping[uuid.UUID, domain.
         }
         for incident_id, s in sorted(changed.items())
     ]
-    if rows:
-        await session.execute(_SAVE, rows)
+    await write_rows(session, incidents, rows, key=["incident_id"], update=_MUTABLE)

@@ -38,25 +38,68 @@ INBOX_PURGE_SLICE = 10_000
 
 
 # Rows keep the order of the arrays, so the relay publishes in the order the events were staged.
+# The filter gives the transaction its id before the rows take theirs from the sequence: what lets
+# the relay's scan start past the rows it has sent (`ReadFloor`).
 _STAGE = (
     "INSERT INTO outbox (event_id, topic, key, value, event_type)"
     " SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[], $5::text[])"
+    " WHERE pg_current_xact_id() IS NOT NULL"
     " ON CONFLICT (event_id) DO NOTHING"
 )
 
 
 # A relay pass in one statement ($1-$3: the lease, $4: the ids the last pass published, $5: how
-# many to read): renew the lease; if held, mark the last pass sent and read the next rows. The row
-# with a null id says whether the lease is held. Every part sees the same snapshot, hence the
-# `<> ALL($4)`: the rows being marked still look unsent to the read.
+# many to read, $6: the read floor): renew the lease; if held, mark the last pass sent and read the
+# next rows above the floor. The row with a null id says whether the lease is held, and carries the
+# statement's snapshot. Every part sees that snapshot, hence the `<> ALL($4)`: the rows being
+# marked still look unsent to the read.
 _PASS = (
     f"WITH lease AS ({ACQUIRE_SQL}),"
     " marked AS (UPDATE outbox SET sent_at = now() WHERE id = ANY($4::bigint[]) AND EXISTS (SELECT FROM lease))"
     " SELECT NULL::bigint AS id, NULL::text AS topic, NULL::bytea AS key, NULL::bytea AS value,"
-    " NULL::text AS event_type, EXISTS (SELECT FROM lease) AS held"
-    " UNION ALL (SELECT id, topic, key, value, event_type, true FROM outbox"
-    " WHERE sent_at IS NULL AND id <> ALL($4::bigint[]) AND EXISTS (SELECT FROM lease) ORDER BY id LIMIT $5)"
+    " NULL::text AS event_type, EXISTS (SELECT FROM lease) AS held, pg_current_snapshot()::text AS snapshot"
+    " UNION ALL (SELECT id, topic, key, value, event_type, true, NULL FROM outbox"
+    " WHERE sent_at IS NULL AND id > $6 AND id <> ALL($4::bigint[]) AND EXISTS (SELECT FROM lease)"
+    " ORDER BY id LIMIT $5)"
 )
+
+
+class ReadFloor:
+    """Where the relay's scan of unsent rows may start, so it does not walk every row it marked
+    sent since the last vacuum: under load those dead entries of the unsent index cost a pass
+    milliseconds of PostgreSQL's CPU, in every service.
+
+    Ids come from a sequence, so a transaction can commit a row below one the relay already sent
+    (it took its id first and committed later). Such a straggler's transaction had its id when the
+    sent row's snapshot was taken (`_STAGE` sees to it) and was still running: it is in that
+    snapshot's list of running transactions. So each running transaction a pass sees holds the
+    floor at what had been sent when it was first seen, until a snapshot no longer lists it; by
+    then its rows, if it committed, are visible above that floor, in id order with the rest (one
+    incident's later rows have higher ids: its transactions are serialised by its row lock)."""
+
+    def __init__(self) -> None:
+        self.sent_through = 0  # every row up to this id is sent, but for the running ones' below
+        self._held_by: dict[int, int] = {}  # running transaction -> the floor when first seen
+
+    @property
+    def value(self) -> int:
+        return min(self._held_by.values(), default=self.sent_through)
+
+    def passed(self, snapshot: str, read: Sequence[int]) -> None:
+        """Record a pass whose rows `read` (ids, ascending) were all published, under `snapshot`
+        (pg_snapshot text, 'xmin:xmax:xid,xid,...')."""
+        listed = snapshot.split(":")[2]
+        running = {int(x) for x in listed.split(",")} if listed else set()
+        self._held_by = {x: floor for x, floor in self._held_by.items() if x in running}
+        for x in running:
+            self._held_by.setdefault(x, self.sent_through)
+        if read:
+            self.sent_through = max(self.sent_through, read[-1])
+
+    def reset(self) -> None:
+        """From the start again: after the lease was elsewhere, what was sent is not known here."""
+        self.sent_through = 0
+        self._held_by = {}
 
 
 class EventTooLarge(ValueError):
@@ -123,6 +166,7 @@ class OutboxRelay:
         # Rows Kafka acknowledged whose "sent" mark failed to commit (the database went away):
         # marked first on the next pass instead of being published a second time.
         self._acked_unmarked: list[int] = []
+        self.floor = ReadFloor()
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
@@ -159,19 +203,27 @@ class OutboxRelay:
         lease = self.lease
         async with pooled_driver(self.sessionmaker.kw["bind"]) as conn:
             found = await conn.fetch(
-                _PASS, lease.name, lease.holder, lease.ttl_seconds, self._acked_unmarked, self.settings.relay_batch_size
+                _PASS,
+                lease.name,
+                lease.holder,
+                lease.ttl_seconds,
+                self._acked_unmarked,
+                self.settings.relay_batch_size,
+                self.floor.value,
             )
-            held = any(r["id"] is None and r["held"] for r in found)
+            header = next(r for r in found if r["id"] is None)
             rows = [r for r in found if r["id"] is not None]
-            if held:
+            if header["held"]:
                 await self._maybe_purge(conn)
-        if not held:
+        if not header["held"]:
+            self.floor.reset()
             return 0
         self._acked_unmarked = []  # marked: the statement committed
         if rows:
             await self._publish(rows)
             metrics.EVENTS_PRODUCED.labels(self.settings.service_name).inc(len(rows))
             self._acked_unmarked = [r["id"] for r in rows]
+        self.floor.passed(header["snapshot"], self._acked_unmarked)
         if len(rows) < self.settings.relay_batch_size:
             metrics.OUTBOX_BACKLOG.labels(self.settings.service_name).set(0)
         return len(rows)

@@ -1,0 +1,70 @@
+"""db.write_rows against the real PostgreSQL: many rows in one statement through unnest, read back
+as SQLAlchemy would have written them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from opsledger.db import make_sessionmaker, write_rows
+
+pytestmark = pytest.mark.integration
+
+metadata = sa.MetaData()
+things = sa.Table(
+    "things",
+    metadata,
+    sa.Column("thing_id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("seen_at", sa.DateTime(timezone=True)),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("body", pg.JSONB),  # None is JSON null, as SQLAlchemy writes it
+    sa.Column("extra", pg.JSONB(none_as_null=True)),  # None is SQL NULL
+    sa.Column("tags", pg.ARRAY(sa.Text)),
+)
+
+
+async def test_rows_are_upserted_in_one_statement_and_read_back_as_written(make_database: Callable[..., Any]) -> None:
+    engine = create_async_engine(await make_database())
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    sessions = make_sessionmaker(engine)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    at = datetime(2026, 11, 30, 9, 15, 0, 123456, tzinfo=UTC)
+    first = [
+        {"thing_id": a, "name": "a", "seen_at": at, "count": 1, "body": {"k": [1, "x"], "7": None}, "extra": None},
+        {"thing_id": b, "name": "b", "seen_at": None, "count": 2, "body": None, "extra": {"e": True}},
+    ]
+    async with sessions() as session, session.begin():
+        await write_rows(session, things, first, key=["thing_id"])
+    again = [{"thing_id": a, "name": "a2", "seen_at": None, "count": 5, "body": [], "extra": "s"}]
+    async with sessions() as session, session.begin():
+        await write_rows(session, things, again, key=["thing_id"])  # no update: the row stays
+        await write_rows(
+            session, things, again, key=["thing_id"], update=["name"], constants={"count": "things.count + 10"}
+        )
+    async with engine.connect() as conn:
+        rows = {r.thing_id: r for r in (await conn.execute(sa.select(things))).all()}
+        nulls = dict((await conn.execute(sa.text("SELECT name, body IS NULL FROM things"))).all())
+    await engine.dispose()
+    assert rows[a].name == "a2" and rows[a].count == 11, "updated columns and constants; the rest kept"
+    assert rows[a].seen_at == at and rows[a].body == {"k": [1, "x"], "7": None} and rows[a].extra is None
+    assert rows[b].seen_at is None and rows[b].body is None and rows[b].extra == {"e": True}
+    assert nulls == {"a2": False, "b": False}, "None in a plain JSON column is JSON null, as SQLAlchemy writes it"
+
+
+async def test_an_array_column_is_refused_before_anything_is_sent(make_database: Callable[..., Any]) -> None:
+    engine = create_async_engine(await make_database())
+    try:
+        async with make_sessionmaker(engine)() as session:
+            with pytest.raises(ValueError, match=r"things\.tags"):
+                await write_rows(session, things, [{"thing_id": uuid.uuid4(), "tags": ["x"]}])
+    finally:
+        await engine.dispose()
