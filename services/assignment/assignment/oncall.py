@@ -193,13 +193,28 @@ def _same(a: OnCall | None, b: OnCall | None) -> bool:
     return (a.person.sub, a.source, a.layer) == (b.person.sub, b.source, b.layer)
 
 
+# The last answer per schedule (by identity: a compiled configuration keeps one object per
+# version): the same for any instant before its `until`, which rendering the timeline for every
+# incident assigned made a tenth of the assignment stage's CPU.
+_LAST_ANSWER: dict[int, tuple[OnCallScheduleChanged, datetime, OnCall]] = {}
+_LAST_ANSWER_LIMIT = 256
+
+
 def on_call(schedule: OnCallScheduleChanged, t: datetime, horizon: timedelta = HORIZON) -> OnCall | None:
     """Who is on call at `t`, and until when their stretch lasts (None: beyond `horizon`)."""
+    last = _LAST_ANSWER.get(id(schedule)) if horizon == HORIZON else None
+    if last is not None and last[0] is schedule and last[2].until is not None and last[1] <= t < last[2].until:
+        return last[2]
     now = who(schedule, t)
     if now is None:
         return None
     first = shifts(schedule, t, t + horizon)[0]
-    return OnCall(now.person, now.source, now.layer, first.end if first.end < t + horizon else None)
+    answer = OnCall(now.person, now.source, now.layer, first.end if first.end < t + horizon else None)
+    if horizon == HORIZON and answer.until is not None:
+        if len(_LAST_ANSWER) >= _LAST_ANSWER_LIMIT:
+            _LAST_ANSWER.clear()
+        _LAST_ANSWER[id(schedule)] = (schedule, t, answer)
+    return answer
 
 
 def describe_until(until: datetime | None) -> str:

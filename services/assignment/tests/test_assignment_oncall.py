@@ -314,3 +314,24 @@ def test_the_timeline_agrees_with_who_is_on_call_at_every_instant(
         assert len(covering) <= 1
         expected = oncall.who(s, t)
         assert (covering[0].person.sub if covering else None) == (expected.person.sub if expected else None)
+
+
+def test_answers_kept_from_earlier_instants_are_the_answers_computed_afresh() -> None:
+    """on_call keeps its last answer per schedule for the instants before its `until`: asked in
+    order, out of order and again, it says what a fresh computation says (a copy of the schedule
+    is another object, so nothing is kept for it)."""
+    s = schedule(
+        layer([A, B], "daily", utc(2026, 11, 30, 8), handoff_time=time(9)),
+        layer(
+            [C],
+            "weekly",
+            utc(2026, 11, 30, 8),
+            name="nights",
+            restrictions=[{"days": ["mon", "tue", "wed", "thu", "fri"], "start": time(22), "end": time(6)}],
+        ),
+        zone="Europe/Berlin",
+        overrides=[{"person": B, "starts_at": utc(2026, 12, 2, 12), "ends_at": utc(2026, 12, 2, 15)}],
+    )
+    instants = [utc(2026, 11, 30, 8) + timedelta(minutes=37 * n) for n in range(400)]
+    for at in [*instants, *reversed(instants), *instants[::7]]:
+        assert oncall.on_call(s, at) == oncall.on_call(s.model_copy(), at), at

@@ -344,6 +344,10 @@ KEYWORD_CASES: list[tuple[str, str, bool]] = [
     ("oom", "Container OOMKilled", True),
     ("postgres*", "PostgreSQLDown", True),
     ("Login", "customers cannot LOGIN", True),  # case ignored on both sides
+    ("dns", "resolver_dns failing", True),  # an underscore separates words
+    ("dns", "édns down", False),  # a letter outside ASCII is still a letter
+    ("error rate", "xerror rate high", False),  # the start of a phrase is a word start too
+    ("error rate", "error rate", True),  # at both ends of the text
 ]
 
 
