@@ -142,10 +142,11 @@ async def post_steadily(env: dict[str, str], run: str, rate: int, seconds: float
 
 
 async def pages_waiting(env: dict[str, str]) -> float:
-    """Resolution's pending timers: the pages (emails, webhooks) not sent yet."""
+    """Resolution's timers due and not fired: the pages (emails, webhooks) it owes now. The gauge
+    is counted every 5 s at most."""
     async with httpx.AsyncClient() as client:
         text = (await client.get(f"{env['OPSLEDGER_RESOLUTION_URL']}/metrics")).text
-    found = re.search(r"^opsledger_timers_pending\{[^}]*\} ([0-9.e+]+)$", text, re.M)
+    found = re.search(r"^opsledger_timers_due\{[^}]*\} ([0-9.e+]+)$", text, re.M)
     return float(found.group(1)) if found else float("nan")
 
 
@@ -255,7 +256,7 @@ async def main() -> None:
         print("       hops p50/p99 ms: " + ", ".join(hops))
         # An open loop keeps its rate only if the client keeps up: this says whether it did.
         print(f"       the load took {stopped - posting:.1f} s for {args.seconds:g} s of schedule")
-        print(f"       pages (the demo's email per assignment) not yet sent when the load stopped: {pages:.0f}")
+        print(f"       pages due and not yet sent when the load stopped (counted every 5 s): {pages:.0f}")
         if len(assigned) < accepted:
             print(f"       only {len(assigned)} of {accepted} incidents were assigned within the time allowed")
     print("RSS after the run (MB): " + ", ".join(f"{s} {mb:.0f}" for s, mb in rss_mb().items()))

@@ -31,6 +31,7 @@ DEADLETTERED = Counter(
     "opsledger_deadlettered_total", "Messages sent to the dead-letter topic", ["service", "consumer"]
 )
 TIMERS_PENDING = Gauge("opsledger_timers_pending", "Durable timers scheduled and not yet fired", ["service"])
+TIMERS_DUE = Gauge("opsledger_timers_due", "Durable timers due and not yet fired: the runner's backlog", ["service"])
 TIMERS_FIRED = Counter("opsledger_timers_fired_total", "Durable timers fired", ["service"])
 TIMER_FAILURES = Counter("opsledger_timer_failures_total", "Timer handler failures (retried later)", ["service"])
 TIMER_FIRE_LAG = Histogram(

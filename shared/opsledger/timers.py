@@ -261,8 +261,10 @@ class TimerRunner:
             next_due = await session.scalar(sa.select(sa.func.min(timers_table.c.fire_at)))
             if asyncio.get_running_loop().time() >= self._count_again_at:
                 # Counting 100,000 rows costs milliseconds: done now and then, not on every pass.
-                pending_count = await session.scalar(sa.select(sa.func.count()).select_from(timers_table))
+                due = sa.func.count().filter(timers_table.c.fire_at <= self.clock.now())
+                pending_count, due_count = (await session.execute(sa.select(sa.func.count(), due))).one()
                 metrics.TIMERS_PENDING.labels(self.service).set(pending_count or 0)
+                metrics.TIMERS_DUE.labels(self.service).set(due_count or 0)
                 self._count_again_at = asyncio.get_running_loop().time() + 5.0
         now = self.clock.now()
         wait = self.max_idle_seconds

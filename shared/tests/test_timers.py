@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from opsledger import timers
+from opsledger import metrics, timers
 from opsledger.bus.outbox import Outbox
 from opsledger.clock import Clock, ManualClock
 from opsledger.db import make_engine, make_sessionmaker, outbox_table
@@ -203,6 +203,30 @@ async def test_a_sleeping_runner_is_woken_by_an_earlier_timer_committed_in_this_
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+async def test_the_gauges_count_timers_pending_and_those_due_but_not_fired(
+    engine: AsyncEngine, settings: ServiceSettings
+) -> None:
+    """A due timer another replica holds (locked) is skipped, and counted as due: the backlog a
+    dashboard watches, apart from the timers merely scheduled for later."""
+    now = datetime.now(UTC)
+    await schedule(engine, settings, [Timer("demo:held", now - timedelta(minutes=1))])
+    await schedule(engine, settings, [Timer(f"demo:later-{n}", now + timedelta(hours=1)) for n in range(3)])
+    r = runner(engine, settings, Clock())
+    r.service = "gauges-test"
+    stop = asyncio.Event()
+    async with engine.connect() as other_replica, other_replica.begin():
+        await other_replica.execute(sa.text("SELECT 1 FROM timers WHERE key = 'demo:held' FOR UPDATE"))
+        task = asyncio.create_task(r.run(stop))
+        try:
+            await eventually(lambda: _is_sleeping(r), timeout=30, what="runner asleep, the held timer skipped")
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+    assert metrics.TIMERS_PENDING.labels("gauges-test")._value.get() == 4
+    assert metrics.TIMERS_DUE.labels("gauges-test")._value.get() == 1
+    assert await fired_rows(engine) == []
 
 
 async def _is_sleeping(r: TimerRunner) -> bool:
