@@ -23,8 +23,10 @@ class ServiceSettings(BaseSettings):
     port: int = 8000
     database_url: str = "postgresql+asyncpg://opsledger@127.0.0.1:5432/opsledger"
     db_pool_size: int = 10
-    # A round trip per checkout; worth it unless the database never restarts under the service.
-    db_pool_pre_ping: bool = True
+    # Every checkout drops a connection the server has closed (a restart, a killed backend) at no
+    # cost (db.make_engine). This adds SQLAlchemy's ping, three round trips per checkout: only for
+    # a network that can drop connections silently.
+    db_pool_pre_ping: bool = False
     kafka_bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = "opsledger"
     topic_partitions: int = Field(default=6, ge=1)
