@@ -105,6 +105,19 @@ async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
     return driver
 
 
+async def driver_fetch(session: AsyncSession, query: str, *args: Any) -> list[Sequence[Any]]:
+    """The rows of `query` (parameters $1, $2...) in the session's transaction: on the driver
+    connection, or, when it is the transaction's first statement, through SQLAlchemy, which begins
+    the transaction with it (`driver_connection` would spend a round trip on SELECT 1 first)."""
+    conn = await session.connection()
+    fairy = await conn.get_raw_connection()
+    if getattr(fairy.dbapi_connection, "_transaction", None) is None:
+        return list((await conn.exec_driver_sql(query, args)).all())
+    driver = fairy.driver_connection
+    assert isinstance(driver, asyncpg.Connection)
+    return list(await driver.fetch(query, *args))
+
+
 _PG = pg.dialect()  # type: ignore[no-untyped-call]
 _JSON = orjson.OPT_NON_STR_KEYS
 

@@ -1,5 +1,6 @@
-"""db.write_rows against the real PostgreSQL: many rows in one statement through unnest, read back
-as SQLAlchemy would have written them."""
+"""db.write_rows and db.driver_fetch against the real PostgreSQL: many rows in one statement
+through unnest, read back as SQLAlchemy would have written them; driver statements that belong to
+the session's transaction."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from opsledger.db import make_sessionmaker, write_rows
+from opsledger.db import driver_fetch, make_sessionmaker, write_rows
 
 pytestmark = pytest.mark.integration
 
@@ -68,3 +69,25 @@ async def test_an_array_column_is_refused_before_anything_is_sent(make_database:
                 await write_rows(session, things, [{"thing_id": uuid.uuid4(), "tags": ["x"]}])
     finally:
         await engine.dispose()
+
+
+async def test_driver_fetch_runs_in_the_sessions_transaction_first_or_not(make_database: Callable[..., Any]) -> None:
+    """The first statement goes through SQLAlchemy (which begins the transaction with it), later
+    ones straight to the driver: both roll back with the session, and both commit with it."""
+    engine = create_async_engine(await make_database())
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("CREATE TABLE marks (n int PRIMARY KEY)"))
+    sessions = make_sessionmaker(engine)
+    insert = "INSERT INTO marks (n) SELECT unnest($1::int[]) RETURNING n"
+    async with sessions() as session:
+        async with session.begin():
+            assert [r[0] for r in await driver_fetch(session, insert, [1, 2])] == [1, 2]
+            assert [r[0] for r in await driver_fetch(session, insert, [3])] == [3]
+            await session.rollback()
+        async with session.begin():
+            await driver_fetch(session, insert, [4])
+            await driver_fetch(session, insert, [5])
+    async with engine.connect() as conn:
+        kept = list((await conn.execute(sa.text("SELECT n FROM marks ORDER BY n"))).scalars())
+    await engine.dispose()
+    assert kept == [4, 5]
