@@ -174,40 +174,51 @@ class Webhooks:
         return response.status_code, f"the receiver answered {response.status_code}", elapsed
 
     async def _mail(self, rows: Sequence[Any], now: datetime) -> list[Outcome]:
-        """One attempt at each email, all over one SMTP connection (smtplib, in a worker thread:
-        the event loop never blocks). A message the server refuses fails alone; a connection that
-        fails fails the messages not sent yet."""
+        """One attempt at each email, over up to `smtp_connections` SMTP connections at once, each
+        in a worker thread (smtplib: the event loop never blocks); one incident's emails share a
+        connection, in order. A message the server refuses fails alone; a connection that fails
+        fails its messages not sent yet."""
         s = self.settings
         if not rows:
             return []
         if s.smtp_host is None:
             return [(None, "no SMTP server is configured (OPSLEDGER_SMTP_HOST)", 0.0)] * len(rows)
-        messages = [self._message(row, now) for row in rows]
+        groups: dict[int, list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(hash(row.incident_id) % s.smtp_connections, []).append(i)
+        sent = await asyncio.gather(
+            *(asyncio.to_thread(self._send_over_one, [self._message(rows[i], now) for i in g]) for g in groups.values())
+        )
+        outcomes: list[Outcome] = [(None, "not sent", 0.0)] * len(rows)
+        for g, results in zip(groups.values(), sent, strict=True):
+            for i, outcome in zip(g, results, strict=True):
+                outcomes[i] = outcome
+        return outcomes
 
-        def send_all() -> list[Outcome]:
-            outcomes: list[Outcome] = []
-            started = time.perf_counter()
-            try:
-                with smtplib.SMTP(s.smtp_host or "", s.smtp_port, timeout=s.smtp_timeout_seconds) as smtp:
-                    if s.smtp_starttls:
-                        smtp.starttls()
-                    if s.smtp_username:
-                        smtp.login(s.smtp_username, s.smtp_password or "")
-                    for message in messages:
-                        try:
-                            smtp.send_message(message)
-                        except (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
-                            outcomes.append((None, _error(exc), _since(started)))
-                        else:
-                            outcomes.append((250, None, _since(started)))
-                        started = time.perf_counter()
-            except (OSError, smtplib.SMTPException) as exc:
-                # The connection failed (or never opened): the messages not sent yet fail with it.
-                # One that went before it stays sent, even if saying goodbye failed afterwards.
-                outcomes.extend([(None, _error(exc), _since(started))] * (len(messages) - len(outcomes)))
-            return outcomes
-
-        return await asyncio.to_thread(send_all)
+    def _send_over_one(self, messages: list[MIMEText]) -> list[Outcome]:
+        """Send `messages` over one SMTP connection, in order (run in a worker thread)."""
+        s = self.settings
+        outcomes: list[Outcome] = []
+        started = time.perf_counter()
+        try:
+            with smtplib.SMTP(s.smtp_host or "", s.smtp_port, timeout=s.smtp_timeout_seconds) as smtp:
+                if s.smtp_starttls:
+                    smtp.starttls()
+                if s.smtp_username:
+                    smtp.login(s.smtp_username, s.smtp_password or "")
+                for message in messages:
+                    try:
+                        smtp.send_message(message)
+                    except (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
+                        outcomes.append((None, _error(exc), _since(started)))
+                    else:
+                        outcomes.append((250, None, _since(started)))
+                    started = time.perf_counter()
+        except (OSError, smtplib.SMTPException) as exc:
+            # The connection failed (or never opened): the messages not sent yet fail with it.
+            # One that went before it stays sent, even if saying goodbye failed afterwards.
+            outcomes.extend([(None, _error(exc), _since(started))] * (len(messages) - len(outcomes)))
+        return outcomes
 
     def _message(self, row: Any, now: datetime) -> MIMEText:
         s = self.settings

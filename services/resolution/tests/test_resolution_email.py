@@ -178,23 +178,33 @@ async def test_the_assignee_is_paged_by_email(settings: Settings, sink: MailSink
         assert message["Message-ID"] == f"<{message['Idempotency-Key']}@opsledger>"
 
 
-async def test_a_batch_of_pages_goes_over_one_connection_and_a_refused_one_fails_alone(
+async def test_a_batch_of_pages_goes_over_a_few_connections_each_incident_in_order_a_refused_one_alone(
     settings: Settings, sink: MailSink
 ) -> None:
-    def page(to: str) -> SimpleNamespace:
+    def page(to: str, incident_id: uuid.UUID) -> SimpleNamespace:
         key = uuid.uuid4().hex
         body = {"subject": f"[P2] page for {to}", "text": "the incident"}
-        return SimpleNamespace(body=body, target=to, idempotency_key=key, event_type="IncidentAssigned")
+        return SimpleNamespace(
+            body=body, target=to, idempotency_key=key, event_type="IncidentAssigned", incident_id=incident_id
+        )
 
-    pages = [page("ann@example.com"), page("nobody@example.com"), page("bob@example.com")]
+    incidents = [uuid.UUID(int=n) for n in range(6)]  # hashes 0..5: every one of 3 connections used
+    pages = [page(f"p{n}-{i}@example.com", incident) for n in range(3) for i, incident in enumerate(incidents)]
+    pages[4] = page("nobody@example.com", incidents[4])
+    settings.smtp_connections = 3
     outcomes = await Webhooks(settings, ManualClock(T0))._mail(pages, T0)
-    assert [(code, error is None) for code, error, _ in outcomes] == [(250, True), (None, False), (250, True)]
-    assert "SMTPRecipientsRefused" in str(outcomes[1][1])
-    assert sink.sessions == 1
-    assert [(to, m["Subject"]) for to, m in sink.messages] == [
-        (["ann@example.com"], "[P2] page for ann@example.com"),
-        (["bob@example.com"], "[P2] page for bob@example.com"),
-    ]
+    assert [code for code, _, _ in outcomes] == [None if p.target.startswith("nobody") else 250 for p in pages]
+    assert "SMTPRecipientsRefused" in str(outcomes[4][1])
+    assert sink.sessions == 3
+    received = [to[0] for to, _ in sink.messages]
+    assert sorted(received) == sorted(p.target for p in pages if not p.target.startswith("nobody"))
+    for incident in incidents:
+        sent = [p.target for p in pages if p.incident_id == incident and not p.target.startswith("nobody")]
+        assert [to for to in received if to in sent] == sent, "one incident's pages in order"
+
+    settings.smtp_connections = 1
+    await Webhooks(settings, ManualClock(T0))._mail(pages[:7], T0)
+    assert sink.sessions == 4, "one connection for a whole batch"
 
     settings.smtp_port = free_port()  # nothing listens there: every page fails, and says why
     refused = await Webhooks(settings, ManualClock(T0))._mail(pages[:2], T0)
