@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from opsledger.db import write_rows
+from opsledger.db import driver_connection, write_rows
 from opsledger.uow import UnitOfWork
 from resolution.domain import Incident, from_json, to_json
 
@@ -197,19 +197,15 @@ class Attempt:
     next_attempt_at: datetime | None
 
 
-# Compiled once and run for every attempt of a batch (executemany), like the upserts elsewhere.
-_AFTER_ATTEMPT = (
-    sa.update(deliveries)
-    .where(
-        deliveries.c.subscription_id == sa.bindparam("b_subscription_id"),
-        deliveries.c.event_id == sa.bindparam("b_event_id"),
-    )
-    .values(
-        status=sa.bindparam("status"),
-        attempts=sa.bindparam("attempt"),
-        next_attempt_at=sa.bindparam("next_attempt_at"),
-        delivered_at=sa.bindparam("delivered_at"),
-    )
+# Every delivery of a batch moved on in one statement: each row found by its own primary-key probe
+# and updated by its ctid (as intake saves alert states), where executemany ran an UPDATE each.
+_AFTER_ATTEMPTS = (
+    "WITH u AS (SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int[], $5::timestamptz[],"
+    " $6::timestamptz[]) AS u(subscription_id, event_id, status, attempt, next_attempt_at, delivered_at)),"
+    " t AS (SELECT d.tid, u.* FROM u, LATERAL (SELECT ctid AS tid FROM deliveries"
+    " WHERE subscription_id = u.subscription_id AND event_id = u.event_id LIMIT 1) AS d)"
+    " UPDATE deliveries AS d SET status = t.status, attempts = t.attempt, next_attempt_at = t.next_attempt_at,"
+    " delivered_at = t.delivered_at FROM t WHERE d.ctid = ANY(ARRAY(SELECT tid FROM t)) AND d.ctid = t.tid"
 )
 
 
@@ -217,34 +213,27 @@ async def record_attempts(session: AsyncSession, attempts: Sequence[Attempt]) ->
     """Record each attempt and move its delivery on: two statements for the whole batch."""
     if not attempts:
         return
-    await session.execute(
-        sa.insert(delivery_attempts),
-        [
-            {
-                "subscription_id": a.subscription_id,
-                "event_id": a.event_id,
-                "attempt": a.attempt,
-                "at": a.at,
-                "status_code": a.status_code,
-                "error": a.error,
-                "duration_ms": a.duration_ms,
-            }
-            for a in attempts
-        ],
-    )
-    await session.execute(
-        _AFTER_ATTEMPT,
-        [
-            {
-                "b_subscription_id": a.subscription_id,
-                "b_event_id": a.event_id,
-                "status": a.status,
-                "attempt": a.attempt,
-                "next_attempt_at": a.next_attempt_at,
-                "delivered_at": a.at if a.status == "delivered" else None,
-            }
-            for a in attempts
-        ],
+    rows = [
+        {
+            "subscription_id": a.subscription_id,
+            "event_id": a.event_id,
+            "attempt": a.attempt,
+            "at": a.at,
+            "status_code": a.status_code,
+            "error": a.error,
+            "duration_ms": a.duration_ms,
+        }
+        for a in attempts
+    ]
+    await write_rows(session, delivery_attempts, rows)
+    await (await driver_connection(session)).execute(
+        _AFTER_ATTEMPTS,
+        [a.subscription_id for a in attempts],
+        [a.event_id for a in attempts],
+        [a.status for a in attempts],
+        [a.attempt for a in attempts],
+        [a.next_attempt_at for a in attempts],
+        [a.at if a.status == "delivered" else None for a in attempts],
     )
 
 
