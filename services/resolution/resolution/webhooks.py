@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import smtplib
+import ssl
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,7 @@ class Webhooks:
 
     def __init__(self, settings: Settings, clock: Clock) -> None:
         self.settings, self.clock = settings, clock
+        self._tls: ssl.SSLContext | None = None
         self.retry = notify.RetryPolicy(
             max_attempts=settings.webhook_max_attempts,
             base=timedelta(seconds=settings.webhook_retry_base_seconds),
@@ -98,7 +100,7 @@ class Webhooks:
 
     async def fire(self, session: AsyncSession, fired: list[FiredTimer]) -> None:
         """Send the due deliveries concurrently (a slow receiver costs at most the timeout; the
-        emails go over one SMTP connection), record every attempt, and schedule the next one with
+        emails over a few SMTP connections), record every attempt, and schedule the next one with
         backoff, or give up after the last."""
         keys = {(str(t.data["subscription_id"]), uuid.UUID(str(t.data["event_id"]))) for t in fired}
         rows = await store.pending_deliveries(session, keys)
@@ -107,10 +109,7 @@ class Webhooks:
         others: list[Any] = []  # webhooks, and deliveries whose subscription is gone (_send says so)
         for row in rows:
             (emails if _usable(row) and row.channel == ChannelKind.EMAIL else others).append(row)
-        async with httpx.AsyncClient(timeout=self.settings.webhook_timeout_seconds, follow_redirects=False) as client:
-            sent, mailed = await asyncio.gather(
-                asyncio.gather(*(self._send(client, row, now) for row in others)), self._mail(emails, now)
-            )
+        sent, mailed = await asyncio.gather(self._post_all(others, now), self._mail(emails, now))
         attempts, later = [], []
         for row, (status_code, error, duration_ms) in zip([*others, *emails], [*sent, *mailed], strict=True):
             attempt = row.attempts + 1
@@ -194,6 +193,16 @@ class Webhooks:
             for i, outcome in zip(g, results, strict=True):
                 outcomes[i] = outcome
         return outcomes
+
+    async def _post_all(self, rows: Sequence[Any], now: datetime) -> list[Outcome]:
+        """One attempt at each webhook, concurrently."""
+        if not rows:
+            return []  # no client: making one loads the trusted certificates, tens of milliseconds
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context()  # once: every batch of a storm would load it again
+        timeout = self.settings.webhook_timeout_seconds
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, verify=self._tls) as client:
+            return list(await asyncio.gather(*(self._send(client, row, now) for row in rows)))
 
     def _send_over_one(self, messages: list[MIMEText]) -> list[Outcome]:
         """Send `messages` over one SMTP connection, in order (run in a worker thread)."""
