@@ -195,7 +195,7 @@ def _same(a: OnCall | None, b: OnCall | None) -> bool:
 
 # The last answer per schedule (by identity: a compiled configuration keeps one object per
 # version): the same for any instant before its `until`, which rendering the timeline for every
-# incident assigned made a tenth of the assignment stage's CPU.
+# incident assigned cost 7.6 % of the assignment stage's CPU.
 _LAST_ANSWER: dict[int, tuple[OnCallScheduleChanged, datetime, OnCall]] = {}
 _LAST_ANSWER_LIMIT = 256
 
