@@ -14,8 +14,9 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql as pg
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import PoolProxiedConnection
 
 from opsledger.settings import ServiceSettings
 
@@ -90,15 +91,21 @@ async def pooled_driver(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection
             raise
 
 
+async def _pooled(session: AsyncSession) -> tuple[AsyncConnection, PoolProxiedConnection, bool]:
+    """The session's connection, its pooled raw connection, and whether its transaction has begun.
+    SQLAlchemy's asyncpg adapter sends BEGIN lazily, with the first statement it runs: until then,
+    a statement sent on the driver connection would run (and commit) on its own."""
+    conn = await session.connection()
+    fairy = await conn.get_raw_connection()
+    return conn, fairy, getattr(fairy.dbapi_connection, "_transaction", None) is not None
+
+
 async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
     """The asyncpg connection under `session`, inside the session's transaction: for hot or
     set-based statements (unnest, COPY) that SQLAlchemy's per-statement work would slow down.
     asyncpg prepares each statement once per connection and caches it."""
-    conn = await session.connection()
-    fairy = await conn.get_raw_connection()
-    # SQLAlchemy's asyncpg adapter sends BEGIN lazily, with the first statement it runs: without
-    # one, a statement sent on the driver connection would run (and commit) on its own.
-    if getattr(fairy.dbapi_connection, "_transaction", None) is None:
+    conn, fairy, begun = await _pooled(session)
+    if not begun:
         await conn.exec_driver_sql("SELECT 1")
     driver = fairy.driver_connection
     assert isinstance(driver, asyncpg.Connection)
@@ -109,9 +116,8 @@ async def driver_fetch(session: AsyncSession, query: str, *args: Any) -> list[Se
     """The rows of `query` (parameters $1, $2...) in the session's transaction: on the driver
     connection, or, when it is the transaction's first statement, through SQLAlchemy, which begins
     the transaction with it (`driver_connection` would spend a round trip on SELECT 1 first)."""
-    conn = await session.connection()
-    fairy = await conn.get_raw_connection()
-    if getattr(fairy.dbapi_connection, "_transaction", None) is None:
+    conn, fairy, begun = await _pooled(session)
+    if not begun:
         return list((await conn.exec_driver_sql(query, args)).all())
     driver = fairy.driver_connection
     assert isinstance(driver, asyncpg.Connection)
