@@ -141,7 +141,7 @@ def as_of_table(version: int, as_of: datetime | None) -> tuple[sa.Table | sa.Sub
     if as_of is None:
         return incidents, [incidents.c.version == version]
     iv = incident_versions
-    # valid_from <= as_of < valid_to (or no valid_to), as the GiST index on the range answers it.
+    # valid_from <= as_of < valid_to (or no valid_to), as the SP-GiST index on the range answers it.
     return iv, [iv.c.version == version, valid_range(iv).op("@>")(sa.literal(as_of, sa.DateTime(timezone=True)))]
 
 
