@@ -18,6 +18,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from opsledger.bus.consumer import ConsumerSpec, Delivery, EventConsumer
 from opsledger.bus.deadletter import dead_letter_error
@@ -26,7 +27,7 @@ from opsledger.bus.producer import EVENT_TYPE_HEADER, make_producer
 from opsledger.bus.reconcile import reconcile_outbox
 from opsledger.bus.topics import MAX_DEAD_LETTER_BYTES, MAX_EVENT_BYTES, TOPIC_HEADROOM_BYTES, ensure_topics
 from opsledger.db import inbox_table, make_engine, make_sessionmaker, outbox_table
-from opsledger.events import Stream
+from opsledger.events import Envelope, EventPayload, Stream
 from opsledger.settings import ServiceSettings
 from opsledger.testing import TestInfra, eventually, read_topic
 
@@ -346,6 +347,56 @@ async def test_fresh_consumer_replays_from_offset_zero_into_the_same_state(
     async with consuming(rebuilt, group=f"{topic_prefix}.rebuild"):
         replayed = await eventually(lambda: _rows_if(rebuilt, 40), what="replay from offset 0")
     assert replayed == live
+
+
+async def test_a_batch_fetched_ahead_and_not_applied_at_stop_is_read_again_in_order(
+    infra: TestInfra, make_database: Any, topic_prefix: str
+) -> None:
+    """The next batch is fetched (and decoded) while one is applied. A stop in between applies the
+    batch in hand, not the one fetched ahead, and commits no offset for it: the next consumer of
+    the group applies it, after the first, each event once."""
+    settings = await make_settings(infra, make_database, topic_prefix)
+    settings = settings.model_copy(update={"consumer_batch_size": 5})
+    await stage_ticks(settings, 12, incidents=1)  # one key: one partition, in order
+    engine = make_engine(settings)
+    producer = make_producer(settings)
+    await producer.start()
+    await OutboxRelay(settings, make_sessionmaker(engine), producer, Outbox(settings)).publish_batch()
+    group = f"ahead-{uuid.uuid4().hex[:8]}"
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def held(session: AsyncSession, envelope: Envelope, payload: EventPayload | None) -> None:
+        entered.set()
+        await release.wait()
+        await app.apply_tick(session, envelope, payload)
+
+    spec = ConsumerSpec(name="ticks", topics=[settings.topic(Stream.INCIDENTS)], handler=held, group_id=group)
+    consumer = EventConsumer(spec, settings, make_sessionmaker(engine), producer)
+    await consumer.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        await asyncio.wait_for(entered.wait(), 30)
+        assert consumer.consumer is not None
+        kafka = consumer.consumer
+
+        async def fetched_ahead() -> bool:
+            return sum([await kafka.position(tp) for tp in kafka.assignment()]) >= 10
+
+        await eventually(fetched_ahead, what="the second batch fetched while the first is held")
+        stop.set()
+        release.set()
+        await asyncio.wait_for(task, 10)
+    finally:
+        stop.set()
+        release.set()
+        await consumer.stop()
+        await producer.stop()
+        await engine.dispose()
+    assert await applied_in_order(settings) == [0, 1, 2, 3, 4]
+    async with consuming(settings, group=group):
+        await eventually(lambda: _rows_if(settings, 12), what="the rest applied by the next consumer")
+    assert await applied_in_order(settings) == list(range(12))
 
 
 async def test_reconciliation_at_start_keeps_a_crashed_batch_off_the_log_a_second_time(
