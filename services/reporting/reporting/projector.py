@@ -41,9 +41,16 @@ class _Pending:
 
     timeline: list[tuple[Any, ...]] = field(default_factory=list)
     history: list[list[Any]] = field(default_factory=list)  # valid_to filled in later in the batch
+    history_no_sla: list[list[Any]] = field(default_factory=list)  # the same, in HISTORY_NO_SLA
     open_history: dict[uuid.UUID, list[Any]] = field(default_factory=dict)  # incident -> its last row
     close_stored: dict[uuid.UUID, tuple[int, datetime]] = field(default_factory=dict)  # seq, valid_to
 
+
+# Most history rows have no SLA target warned or breached: they leave those two lists to the
+# column's default (empty), as asyncpg takes about a microsecond to encode an empty array.
+_SLA_LISTS = slice(VERSION_COLUMNS.index("sla_warned"), VERSION_COLUMNS.index("sla_breached") + 1)
+assert VERSION_COLUMNS[_SLA_LISTS] == ["sla_warned", "sla_breached"]
+HISTORY_NO_SLA = VERSION_COLUMNS[: _SLA_LISTS.start] + VERSION_COLUMNS[_SLA_LISTS.stop :]
 
 # How many incidents (and chains) a projector keeps in memory between batches: about 1.5 kB each.
 # 10,000 is the last 50 s of a 200 alerts/s storm, where an incident's events fall; twice that put
@@ -247,8 +254,9 @@ async def apply_batch(
             [s for _, (s, _) in closing],
             [t for _, (_, t) in closing],
         )
-    if pending.history:
-        await conn.copy_records_to_table("incident_versions", records=pending.history, columns=VERSION_COLUMNS)
+    for rows, columns in ((pending.history, VERSION_COLUMNS), (pending.history_no_sla, HISTORY_NO_SLA)):
+        if rows:
+            await conn.copy_records_to_table("incident_versions", records=rows, columns=columns)
     if states:
         # Replace the touched rows: a delete plus one COPY beats a row-by-row upsert.
         changed = list(states)
@@ -300,5 +308,9 @@ def _apply_to_incident(
         pending.close_stored[incident_id] = (count_before, valid_from)
     # The state's fields are the incidents columns in order (asserted at import).
     record = [version, after.event_count, valid_from, None, env.event_id, *after.__dict__.values()]
-    pending.history.append(record)
+    if after.sla_warned or after.sla_breached:
+        pending.history.append(record)
+    else:
+        del record[_SLA_LISTS]  # after valid_to (index 3), which a later event of the batch sets
+        pending.history_no_sla.append(record)
     pending.open_history[incident_id] = record

@@ -130,6 +130,11 @@ async def test_as_of_returns_the_state_at_several_instants(reporting_db: Session
                 session, 1, queries.IncidentFilter(), "-logged_at", 10, None, f.at(minute)
             )
             assert [r["incident_id"] for r in page] == ([] if want is None else [incident])
+        # History rows before the warning leave the SLA lists to the column default; later ones carry them.
+        warned = {
+            m: (await queries.get_incident(session, 1, incident, f.at(m)) or {}).get("sla_warned") for m in (10, 45)
+        }
+        assert warned == {10: [], 45: ["resolution"]}
 
 
 async def test_config_events_and_unknown_events_are_in_the_audit_trail(reporting_db: Sessions) -> None:
