@@ -2,7 +2,8 @@
 rate (50, 200, 500 alerts/s, 30 s each by default), then, per incident, the time from
 IncidentLogged to IncidentPrioritized (triage) and to IncidentAssigned (assignment), read from the
 events' `occurred_at` on the log; whether every stage kept up (consumer lag from each service's
-/metrics when the load stops, and how long the stages took to catch up); and each service's RSS.
+/metrics when the load stops, and how long the stages took to catch up); the CPU each service,
+PostgreSQL and Kafka used while posting, and how idle the machine was; and each service's RSS.
 
     make up && .venv/bin/python bench/pipeline.py [--rates 50,200,500] [--seconds 30]
 Reads the URLs, the demo integration key and Kafka's address from .local/opsledger.env. Every
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import re
 import statistics
 import time
@@ -215,6 +218,44 @@ def rss_mb() -> dict[str, float]:
     return found
 
 
+def cpu_ticks() -> tuple[dict[str, int], int, int]:
+    """CPU time used so far (clock ticks) by each service, by PostgreSQL (the postmaster and its
+    backends), by Kafka and by this bench; and the machine's idle and total ticks."""
+
+    def used(pid: str) -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    ticks: dict[str, int] = {}
+    owners = {f.stem: f.read_text().strip() for f in (ROOT / ".local" / "run").glob("*.pid")}
+    owners["kafka"] = (ROOT / ".local" / "kafka" / "kafka.pid").read_text().strip()
+    owners["this bench"] = str(os.getpid())
+    for name, pid in owners.items():
+        with contextlib.suppress(OSError, ValueError):
+            ticks[name] = used(pid)
+    with contextlib.suppress(OSError):
+        postmaster = (ROOT / ".local" / "postgres" / "data" / "postmaster.pid").read_text().split()[0]
+        ticks["postgres"] = 0
+        for proc in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                parent = (proc / "stat").read_text().rpartition(")")[2].split()[1]
+                if proc.name == postmaster or parent == postmaster:
+                    ticks["postgres"] += used(proc.name)
+    machine = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return ticks, machine[3] + machine[4], sum(machine)
+
+
+def cpu_line(before: tuple[dict[str, int], int, int], after: tuple[dict[str, int], int, int]) -> str:
+    """Each process's share of one core between the two readings, and the machine's idle share.
+    (A backend that exited in between is not counted.)"""
+    (was, idle0, total0), (now, idle1, total1) = before, after
+    cores = os.cpu_count() or 1
+    seconds = (total1 - total0) / cores / os.sysconf("SC_CLK_TCK")
+    shares = {n: (now[n] - was[n]) / os.sysconf("SC_CLK_TCK") / seconds * 100 for n in now if n in was}
+    parts = ", ".join(f"{n} {v:.0f}" for n, v in sorted(shares.items(), key=lambda kv: -kv[1]))
+    return f"{parts}; machine idle {(idle1 - idle0) / max(total1 - total0, 1) * 100:.0f} % of {cores} cores"
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", default="50,200,500")
@@ -227,7 +268,9 @@ async def main() -> None:
         run = f"pipe{uuid.uuid4().hex[:8]}"
         since = time.time() - 1
         posting = time.monotonic()
+        cpu_before = cpu_ticks()
         accepted, refused = await post_steadily(env, run, rate, args.seconds)
+        cpu_during = cpu_line(cpu_before, cpu_ticks())
         stopped = time.monotonic()
         lags = {s: await lag_of(env, s) for s in STAGES}
         pages = await pages_waiting(env)
@@ -257,6 +300,7 @@ async def main() -> None:
         # An open loop keeps its rate only if the client keeps up: this says whether it did.
         print(f"       the load took {stopped - posting:.1f} s for {args.seconds:g} s of schedule")
         print(f"       pages due and not yet sent when the load stopped (counted every 5 s): {pages:.0f}")
+        print(f"       CPU while posting, % of one core: {cpu_during}")
         if len(assigned) < accepted:
             print(f"       only {len(assigned)} of {accepted} incidents were assigned within the time allowed")
     print("RSS after the run (MB): " + ", ".join(f"{s} {mb:.0f}" for s, mb in rss_mb().items()))
