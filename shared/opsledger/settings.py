@@ -61,6 +61,10 @@ class ServiceSettings(BaseSettings):
     # is replaced by another after this long (a clean stop gives it up at once).
     relay_lease_seconds: float = Field(default=10.0, gt=0)
     consumer_batch_size: int = 500
+    # How long the broker may hold a fetch to gather more events (0: answer as soon as one is
+    # there). For consumers off the alert's path (read models, clocks): fewer, larger batches,
+    # each paying its transaction once, at the cost of this much lag.
+    consumer_linger_ms: int = Field(default=0, ge=0, le=1000)
     # Kafka offsets are committed at most this often (and when partitions are revoked or the
     # consumer stops), not after every batch: the inbox absorbs what a restart delivers again.
     offset_commit_seconds: float = Field(default=1.0, ge=0)

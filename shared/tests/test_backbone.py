@@ -212,6 +212,49 @@ async def test_offsets_are_committed_now_and_then_and_at_stop_and_skipped_batche
     assert sorted(o or 0 for o in offsets) == [0, 0, 5]
 
 
+async def test_a_lingering_consumer_takes_events_sent_one_by_one_in_a_few_batches(
+    infra: TestInfra, make_database: Any, topic_prefix: str
+) -> None:
+    settings = await make_settings(infra, make_database, topic_prefix)
+    topic = settings.topic(Stream.INCIDENTS)
+    incident = str(uuid.uuid4())
+    batches: list[list[int]] = []
+
+    async def record(session: Any, deliveries: list[Delivery]) -> None:
+        batches.append([d.payload.n for d in deliveries])  # type: ignore[union-attr]
+
+    async def send_one_by_one(count: int) -> None:
+        producer = make_producer(settings)
+        await producer.start()
+        try:
+            for n in range(count):
+                await producer.send_and_wait(topic, app.tick(n, incident).to_bytes(), key=incident.encode())
+                await asyncio.sleep(0.04)  # pacing: each event reaches the broker on its own
+        finally:
+            await producer.stop()
+
+    spec = ConsumerSpec(name="ticks", topics=[topic], batch_handler=record)
+    # Without a linger an idle consumer takes each event as it comes (this proves the pacing does
+    # keep them apart); with one, the broker holds each fetch up to a second, so ten events sent
+    # over about half a second arrive in one or two batches.
+    async with consuming(settings, group="eager", spec=spec) as consumer:
+        await eventually(lambda: _async(bool(consumer.consumer and consumer.consumer.assignment())), what="assigned")
+        await send_one_by_one(10)
+        await eventually(lambda: _async(sum(map(len, batches)) == 10), what="ten ticks applied")
+    eager, batches = batches, []
+    lingering = settings.model_copy(update={"consumer_linger_ms": 1000})
+    # Another inbox name: the same events are fresh to it.
+    spec = ConsumerSpec(name="ticks-lingering", topics=[topic], batch_handler=record)
+    async with consuming(lingering, group="lingering", spec=spec):
+        await eventually(lambda: _async(sum(map(len, batches)) == 10), what="the ten ticks read again")
+        batches.clear()
+        await send_one_by_one(10)
+        await eventually(lambda: _async(sum(map(len, batches)) == 10), what="ten more ticks applied")
+    assert len(eager) >= 6, f"the pacing kept events apart: {eager}"
+    assert [n for b in batches for n in b] == list(range(10)), "every event, in order"
+    assert len(batches) <= 3, f"the broker gathered the events: {batches}"
+
+
 async def _rows_if(settings: ServiceSettings, count: int) -> list[tuple[uuid.UUID, int]] | None:
     rows = await applied_rows(settings)
     assert len(rows) <= count, f"applied {len(rows)} > {count}: an event took effect twice"

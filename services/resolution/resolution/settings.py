@@ -12,6 +12,9 @@ class Settings(ServiceSettings):
     service_name: str = "resolution"
     port: int = 8005
     database_url: str = "postgresql+asyncpg://opsledger@127.0.0.1:5432/opsledger_resolution"
+    # Pages and stakeholder updates go up to 100 ms later, in bigger batches, leaving the CPU to
+    # the alert's path while it is busy (see ServiceSettings).
+    consumer_linger_ms: int = 100
     # Sources whose alerts resolve their incident once every correlated alert resolved at the
     # source (OPSLEDGER_AUTO_RESOLVE_SOURCES='["alertmanager"]').
     auto_resolve_sources: list[str] = Field(default_factory=lambda: ["alertmanager", "pagerduty"])

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 # Records decoded between two looks at the batch in hand (about 1.5 ms of work).
 DECODE_SLICE = 100
+# With a linger, the broker answers a fetch early once it holds this much (a few hundred events).
+LINGER_MIN_BYTES = 256 * 1024
 # How a Delivery's decode_error begins, by cause.
 UNKNOWN_EVENT = "unknown event"
 INVALID_PAYLOAD = "invalid payload"
@@ -181,6 +183,7 @@ class EventConsumer:
             auto_offset_reset=self.spec.auto_offset_reset,
             isolation_level="read_committed",
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            **_fetch_wait(self.settings.consumer_linger_ms),
         )
         await self.consumer.start()
         try:
@@ -440,6 +443,15 @@ class EventConsumer:
                 metrics.CONSUMER_LAG.labels(
                     self.settings.service_name, self.spec.name, tp.topic, str(tp.partition)
                 ).set(max(high - recs[-1].offset - 1, 0))
+
+
+def _fetch_wait(linger_ms: int) -> dict[str, int]:
+    """The broker answers a fetch once it has `fetch_min_bytes`, or after `fetch_max_wait_ms`.
+    Without a linger: as soon as it has one event (aiokafka's defaults, kept). With one: when
+    about a batch is there, else after the linger."""
+    if linger_ms <= 0:
+        return {"fetch_min_bytes": 1, "fetch_max_wait_ms": 500}
+    return {"fetch_min_bytes": LINGER_MIN_BYTES, "fetch_max_wait_ms": linger_ms}
 
 
 def _declared_type(record: ConsumerRecord) -> bytes | None:
