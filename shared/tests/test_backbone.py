@@ -229,14 +229,14 @@ async def test_a_lingering_consumer_takes_events_sent_one_by_one_in_a_few_batche
         try:
             for n in range(count):
                 await producer.send_and_wait(topic, app.tick(n, incident).to_bytes(), key=incident.encode())
-                await asyncio.sleep(0.04)  # pacing: each event reaches the broker on its own
+                await asyncio.sleep(0.06)  # pacing: each event reaches the broker on its own
         finally:
             await producer.stop()
 
     spec = ConsumerSpec(name="ticks", topics=[topic], batch_handler=record)
     # Without a linger an idle consumer takes each event as it comes (this proves the pacing does
     # keep them apart); with one, the broker holds each fetch up to a second, so ten events sent
-    # over about half a second arrive in one or two batches.
+    # over about two thirds of a second arrive in one or two batches.
     async with consuming(settings, group="eager", spec=spec) as consumer:
         await eventually(lambda: _async(bool(consumer.consumer and consumer.consumer.assignment())), what="assigned")
         await send_one_by_one(10)
@@ -250,7 +250,7 @@ async def test_a_lingering_consumer_takes_events_sent_one_by_one_in_a_few_batche
         batches.clear()
         await send_one_by_one(10)
         await eventually(lambda: _async(sum(map(len, batches)) == 10), what="ten more ticks applied")
-    assert len(eager) >= 6, f"the pacing kept events apart: {eager}"
+    assert len(eager) >= 5, f"the pacing kept events apart: {eager}"
     assert [n for b in batches for n in b] == list(range(10)), "every event, in order"
     assert len(batches) <= 3, f"the broker gathered the events: {batches}"
 
@@ -698,6 +698,39 @@ async def test_a_row_committed_below_one_already_sent_is_still_published_in_its_
     on_wire = await topic_event_ids(settings, settings.topic(Stream.INCIDENTS), 5)
     assert sorted(on_wire) == sorted([*others, slow.event_id, later.event_id]), "each once, the late one too"
     assert on_wire.index(slow.event_id) < on_wire.index(later.event_id), "the incident's order holds"
+
+
+async def test_a_straggler_younger_than_the_last_transaction_to_end_is_still_published(
+    infra: TestInfra, make_database: Any, topic_prefix: str
+) -> None:
+    """A snapshot lists running transactions only below the latest one to end: a younger one is
+    running too, but unlisted. Its row, below one the relay sent, must not be skipped (seen in CI:
+    an alert answered 202 stayed off the log)."""
+    settings = await make_settings(infra, make_database, topic_prefix)
+    engine = make_engine(settings)
+    producer = make_producer(settings)
+    await producer.start()
+    outbox = Outbox(settings)
+    relay = OutboxRelay(settings, make_sessionmaker(engine), producer, outbox)
+    slow, fast = app.tick(0, str(uuid.uuid4())), app.tick(1, str(uuid.uuid4()))
+    xid = sa.text("SELECT pg_current_xact_id()")
+    try:
+        async with make_sessionmaker(engine)() as older, make_sessionmaker(engine)() as younger:
+            await older.begin()
+            await older.execute(xid)  # the older transaction's id, taken first
+            await younger.begin()
+            await younger.execute(xid)
+            await outbox.add(younger, [slow])  # the lower row id, in the younger transaction
+            await outbox.add(older, [fast])
+            await older.commit()  # the latest to end: the relay's snapshot does not list `younger`
+            assert await relay.publish_batch() == 1
+            await younger.commit()
+        while await relay.publish_batch():
+            pass
+        assert await backbone_unsent(engine) == 0, "the straggler was published"
+    finally:
+        await producer.stop()
+        await engine.dispose()
 
 
 async def backbone_unsent(engine: Any) -> int:

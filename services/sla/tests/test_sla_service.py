@@ -242,8 +242,15 @@ async def test_two_runners_on_one_database_announce_each_breach_exactly_once(
         fired = await asyncio.gather(mine.run_due(clock.now()), other.run_due(clock.now()), fire_due(service, clock))
     finally:
         await other_engine.dispose()
-    assert sum(fired) == len(incidents) * 6  # 2 warnings + a breach, per target
-    found = await outbox_types(settings)
+    # The service's own runner may fire some too: woken by the commit that scheduled the clocks,
+    # it can look at the time just after the advance. Every timer fires once, whoever fires it.
+    assert sum(fired) <= len(incidents) * 6  # 2 warnings + a breach, per target
+
+    async def all_announced() -> list[tuple[str, uuid.UUID]]:
+        found = await outbox_types(settings)
+        return found if sum(t in ("SlaBreached", "SlaWarning") for t, _ in found) >= len(incidents) * 6 else []
+
+    found = await eventually(all_announced, what="every warning and breach in the outbox")
     breaches = [event_id for t, event_id in found if t == "SlaBreached"]
     warnings = [event_id for t, event_id in found if t == "SlaWarning"]
     assert len(breaches) == len(set(breaches)) == len(incidents) * 2

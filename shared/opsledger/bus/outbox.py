@@ -51,14 +51,15 @@ _STAGE = (
 # A relay pass in one statement ($1-$3: the lease, $4: the ids the last pass published, $5: how
 # many to read, $6: the read floor): renew the lease; if held, mark the last pass sent and read the
 # next rows above the floor. The row with a null id says whether the lease is held, and carries the
-# statement's snapshot. Every part sees that snapshot, hence the `<> ALL($4)`: the rows being
-# marked still look unsent to the read.
+# statement's snapshot and the pass's own transaction id. Every part sees that snapshot, hence the
+# `<> ALL($4)`: the rows being marked still look unsent to the read.
 _PASS = (
     f"WITH lease AS ({ACQUIRE_SQL}),"
     " marked AS (UPDATE outbox SET sent_at = now() WHERE id = ANY($4::bigint[]) AND EXISTS (SELECT FROM lease))"
     " SELECT NULL::bigint AS id, NULL::text AS topic, NULL::bytea AS key, NULL::bytea AS value,"
-    " NULL::text AS event_type, EXISTS (SELECT FROM lease) AS held, pg_current_snapshot()::text AS snapshot"
-    " UNION ALL (SELECT id, topic, key, value, event_type, true, NULL FROM outbox"
+    " NULL::text AS event_type, EXISTS (SELECT FROM lease) AS held, pg_current_snapshot()::text AS snapshot,"
+    " pg_current_xact_id()::text AS own_xid"
+    " UNION ALL (SELECT id, topic, key, value, event_type, true, NULL, NULL FROM outbox"
     " WHERE sent_at IS NULL AND id > $6 AND id <> ALL($4::bigint[]) AND EXISTS (SELECT FROM lease)"
     " ORDER BY id LIMIT $5)"
 )
@@ -70,29 +71,30 @@ class ReadFloor:
     milliseconds of PostgreSQL's CPU, in every service.
 
     Ids come from a sequence, so a transaction can commit a row below one the relay already sent
-    (it took its id first and committed later). Such a straggler's transaction had its id when the
-    sent row's snapshot was taken (`_STAGE` sees to it) and was still running: it is in that
-    snapshot's list of running transactions. So each running transaction a pass sees holds the
-    floor at what had been sent when it was first seen, until a snapshot no longer lists it; by
-    then its rows, if it committed, are visible above that floor, in id order with the rest (one
-    incident's later rows have higher ids: its transactions are serialised by its row lock)."""
+    (it took its id first and committed later). Such a straggler had its transaction id before it
+    took its row id (`_STAGE` sees to it), so before the sent row's snapshot was taken, and so
+    below the id of the pass that read that snapshot (assigned during the pass, after it). Each
+    pass therefore holds the floor at what had been sent before it, until a later snapshot's xmin
+    (the oldest transaction still running) is past the pass's own id: every transaction that could
+    straggle below what that pass read has then ended, and what it committed was visible to the
+    pass that saw that xmin, above the floor still held. (The snapshot's list of running
+    transactions is not enough: it leaves out those that took their id after the latest one to
+    end, which are running too; a straggler among them was skipped, seen in CI.)"""
 
     def __init__(self) -> None:
-        self.sent_through = 0  # every row up to this id is sent, but for the running ones' below
-        self._held_by: dict[int, int] = {}  # running transaction -> the floor when first seen
+        self.sent_through = 0  # every row up to this id is sent, but for stragglers below
+        self._held_by: dict[int, int] = {}  # a pass's own transaction id -> the floor before it
 
     @property
     def value(self) -> int:
         return min(self._held_by.values(), default=self.sent_through)
 
-    def passed(self, snapshot: str, read: Sequence[int]) -> None:
+    def passed(self, snapshot: str, own_xid: int, read: Sequence[int]) -> None:
         """Record a pass whose rows `read` (ids, ascending) were all published, under `snapshot`
-        (pg_snapshot text, 'xmin:xmax:xid,xid,...')."""
-        listed = snapshot.split(":")[2]
-        running = {int(x) for x in listed.split(",")} if listed else set()
-        self._held_by = {x: floor for x, floor in self._held_by.items() if x in running}
-        for x in running:
-            self._held_by.setdefault(x, self.sent_through)
+        (pg_snapshot text, 'xmin:xmax:xid,xid,...') in transaction `own_xid`."""
+        oldest_running = int(snapshot.split(":")[0])
+        self._held_by = {x: floor for x, floor in self._held_by.items() if x > oldest_running}
+        self._held_by.setdefault(own_xid, self.sent_through)
         if read:
             self.sent_through = max(self.sent_through, read[-1])
 
@@ -223,7 +225,7 @@ class OutboxRelay:
             await self._publish(rows)
             metrics.EVENTS_PRODUCED.labels(self.settings.service_name).inc(len(rows))
             self._acked_unmarked = [r["id"] for r in rows]
-        self.floor.passed(header["snapshot"], self._acked_unmarked)
+        self.floor.passed(header["snapshot"], int(header["own_xid"]), self._acked_unmarked)
         if len(rows) < self.settings.relay_batch_size:
             metrics.OUTBOX_BACKLOG.labels(self.settings.service_name).set(0)
         return len(rows)
