@@ -43,8 +43,8 @@ async def engine(infra: TestInfra, make_database: Callable[..., Any]) -> AsyncIt
 
 
 class DriverConnection(asyncpg.Connection):
-    """Notes the statements sent with `execute` on the driver connection (the set-based writes),
-    but for transaction control."""
+    """Notes the statements sent with `execute` or `fetch` on the driver connection (the set-based
+    writes, the hot reads), but for transaction control."""
 
     sent: ClassVar[list[str]] = []
 
@@ -53,6 +53,10 @@ class DriverConnection(asyncpg.Connection):
         if word not in ("BEGIN", "COMMIT", "ROLLBACK"):
             self.sent.append(word)
         return await super().execute(query, *args, timeout=timeout)
+
+    async def fetch(self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None) -> Any:
+        self.sent.append(query.split(None, 1)[0].upper())
+        return await super().fetch(query, *args, timeout=timeout, record_class=record_class)
 
 
 class Statements:

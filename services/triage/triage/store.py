@@ -6,13 +6,13 @@ import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from opsledger.db import write_rows
+from opsledger.db import driver_fetch, write_rows
 from triage import domain
 
 metadata = sa.MetaData()
@@ -94,10 +94,7 @@ def policy_from(
 async def versions_in_force(session: AsyncSession) -> dict[str, int]:
     """The version in force of each configuration kind: one index-only query, cheap enough to run
     once per unit of work so a cached policy is never stale."""
-    rows = await session.execute(
-        sa.select(config_versions.c.kind, sa.func.max(config_versions.c.version)).group_by(config_versions.c.kind)
-    )
-    return {kind: version for kind, version in rows.all()}
+    return {kind: version for kind, version in await driver_fetch(session, _VERSIONS_IN_FORCE)}
 
 
 async def configs_at(session: AsyncSession, versions: dict[str, int]) -> dict[str, sa.Row[Any]]:
@@ -187,7 +184,29 @@ _CATEGORIZATION_FIELDS = frozenset(f.name for f in fields(domain.Categorization)
 _PRIORITIZATION_FIELDS = frozenset(f.name for f in fields(domain.Prioritization))
 
 
-def _state_from(row: sa.Row[Any]) -> domain.TriageState:
+# The reads of every batch go to the driver as plain statements, prepared once per connection:
+# SQLAlchemy's per-statement work was about as much Python as the rest of a small batch's reads.
+class _StateRow(NamedTuple):
+    incident_id: uuid.UUID
+    logged_at: datetime
+    title: str
+    correlation_id: str | None
+    facts: Any
+    decision: Any
+    overrides: Any
+    category: str
+    subcategory: str | None
+    priority: str
+
+
+_LOAD_STATES = (
+    f"SELECT {', '.join(_StateRow._fields)} FROM triage_incidents WHERE incident_id = ANY($1::uuid[])"
+    " ORDER BY incident_id FOR UPDATE"
+)
+_VERSIONS_IN_FORCE = "SELECT kind, max(version) FROM config_versions GROUP BY kind"
+
+
+def _state_from(row: Any) -> domain.TriageState:
     return domain.TriageState(
         facts=domain.Facts.from_json(row.facts),
         decision=decision_from(row.decision),
@@ -206,13 +225,8 @@ async def load_states(session: AsyncSession, ids: Collection[uuid.UUID]) -> dict
     so a command and a batch on the same incident are serialised and two batches cannot deadlock."""
     if not ids:
         return {}
-    query = (
-        sa.select(incidents)
-        .where(incidents.c.incident_id.in_(sorted(ids)))
-        .order_by(incidents.c.incident_id)
-        .with_for_update()
-    )
-    return {row.incident_id: _state_from(row) for row in await session.execute(query)}
+    rows = [_StateRow(*row) for row in await driver_fetch(session, _LOAD_STATES, sorted(ids))]
+    return {row.incident_id: _state_from(row) for row in rows}
 
 
 _MUTABLE = ("facts", "decision", "overrides", "category", "subcategory", "priority", "updated_at")
