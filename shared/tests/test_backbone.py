@@ -18,7 +18,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from opsledger.bus.consumer import ConsumerSpec, Delivery, EventConsumer
 from opsledger.bus.deadletter import dead_letter_error
@@ -665,20 +665,29 @@ async def test_two_relays_publish_each_event_once_in_order_holding_nothing_while
     assert all(ns == sorted(ns) for ns in by_incident.values()), "one incident's events stay in order"
 
 
+@contextlib.asynccontextmanager
+async def relay_of(settings: ServiceSettings) -> AsyncIterator[tuple[AsyncEngine, Outbox, OutboxRelay]]:
+    """An engine, an outbox and a relay (with its producer) on `settings`, until the block ends."""
+    engine = make_engine(settings)
+    producer = make_producer(settings)
+    await producer.start()
+    outbox = Outbox(settings)
+    try:
+        yield engine, outbox, OutboxRelay(settings, make_sessionmaker(engine), producer, outbox)
+    finally:
+        await producer.stop()
+        await engine.dispose()
+
+
 async def test_a_row_committed_below_one_already_sent_is_still_published_in_its_incidents_order(
     infra: TestInfra, make_database: Any, topic_prefix: str
 ) -> None:
     """Ids come from a sequence: a transaction that took its id first can commit after a later one
     was published. The relay's scan starts above what it sent, but not above such a row."""
     settings = await make_settings(infra, make_database, topic_prefix)
-    engine = make_engine(settings)
-    producer = make_producer(settings)
-    await producer.start()
-    outbox = Outbox(settings)
-    relay = OutboxRelay(settings, make_sessionmaker(engine), producer, outbox)
     incident = str(uuid.uuid4())
     slow = app.tick(0, incident)
-    try:
+    async with relay_of(settings) as (engine, outbox, relay):
         async with make_sessionmaker(engine)() as open_session:
             await open_session.begin()
             await outbox.add(open_session, [slow])  # its row has the lowest id, and is not committed
@@ -692,9 +701,6 @@ async def test_a_row_committed_below_one_already_sent_is_still_published_in_its_
         while await relay.publish_batch():
             pass
         assert await backbone_unsent(engine) == 0
-    finally:
-        await producer.stop()
-        await engine.dispose()
     on_wire = await topic_event_ids(settings, settings.topic(Stream.INCIDENTS), 5)
     assert sorted(on_wire) == sorted([*others, slow.event_id, later.event_id]), "each once, the late one too"
     assert on_wire.index(slow.event_id) < on_wire.index(later.event_id), "the incident's order holds"
@@ -707,14 +713,9 @@ async def test_a_straggler_younger_than_the_last_transaction_to_end_is_still_pub
     running too, but unlisted. Its row, below one the relay sent, must not be skipped (seen in CI:
     an alert answered 202 stayed off the log)."""
     settings = await make_settings(infra, make_database, topic_prefix)
-    engine = make_engine(settings)
-    producer = make_producer(settings)
-    await producer.start()
-    outbox = Outbox(settings)
-    relay = OutboxRelay(settings, make_sessionmaker(engine), producer, outbox)
     slow, fast = app.tick(0, str(uuid.uuid4())), app.tick(1, str(uuid.uuid4()))
     xid = sa.text("SELECT pg_current_xact_id()")
-    try:
+    async with relay_of(settings) as (engine, outbox, relay):
         async with make_sessionmaker(engine)() as older, make_sessionmaker(engine)() as younger:
             await older.begin()
             await older.execute(xid)  # the older transaction's id, taken first
@@ -728,9 +729,6 @@ async def test_a_straggler_younger_than_the_last_transaction_to_end_is_still_pub
         while await relay.publish_batch():
             pass
         assert await backbone_unsent(engine) == 0, "the straggler was published"
-    finally:
-        await producer.stop()
-        await engine.dispose()
 
 
 async def backbone_unsent(engine: Any) -> int:
