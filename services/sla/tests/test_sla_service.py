@@ -216,7 +216,8 @@ async def outbox_types(settings: Settings) -> list[tuple[str, uuid.UUID]]:
     engine = make_engine(settings)
     try:
         async with engine.connect() as conn:
-            values = (await conn.execute(sa.select(outbox_table.c.value))).scalars().all()
+            # In id order: the relay marking rows sent moves them in the heap, so a scan's order changes.
+            values = (await conn.execute(sa.select(outbox_table.c.value).order_by(outbox_table.c.id))).scalars().all()
     finally:
         await engine.dispose()
     found = [Envelope.from_bytes(v) for v in values]
