@@ -222,8 +222,10 @@ def cpu_ticks() -> tuple[dict[str, int], int, int]:
     """CPU time used so far (clock ticks) by each service, by PostgreSQL (the postmaster and its
     backends), by Kafka and by this bench; and the machine's idle and total ticks."""
 
-    def used(pid: str) -> int:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    def stat(pid: str) -> list[str]:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()  # the fields after comm
+
+    def used(fields: list[str]) -> int:
         return int(fields[11]) + int(fields[12])  # utime + stime
 
     ticks: dict[str, int] = {}
@@ -232,15 +234,15 @@ def cpu_ticks() -> tuple[dict[str, int], int, int]:
     owners["this bench"] = str(os.getpid())
     for name, pid in owners.items():
         with contextlib.suppress(OSError, ValueError):
-            ticks[name] = used(pid)
+            ticks[name] = used(stat(pid))
     with contextlib.suppress(OSError):
         postmaster = (ROOT / ".local" / "postgres" / "data" / "postmaster.pid").read_text().split()[0]
         ticks["postgres"] = 0
         for proc in Path("/proc").glob("[0-9]*"):
             with contextlib.suppress(OSError, ValueError, IndexError):
-                parent = (proc / "stat").read_text().rpartition(")")[2].split()[1]
-                if proc.name == postmaster or parent == postmaster:
-                    ticks["postgres"] += used(proc.name)
+                fields = stat(proc.name)
+                if proc.name == postmaster or fields[1] == postmaster:  # fields[1]: the parent's pid
+                    ticks["postgres"] += used(fields)
     machine = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     return ticks, machine[3] + machine[4], sum(machine)
 
