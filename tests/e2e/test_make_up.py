@@ -64,6 +64,7 @@ async def test_make_up_starts_every_service_ready_and_make_down_stops_them(infra
             assert values[f"OPSLEDGER_{s.upper()}_URL"] == f"http://127.0.0.1:{port}"
         assert values["OPSLEDGER_DEMO_INTEGRATION_KEY"]
         assert (values["OPSLEDGER_SMTP_PORT"], values["OPSLEDGER_MAIL_DIR"]) == (str(smtp_port), str(tmp_path / "mail"))
+        _background_services_yield_the_cpu(tmp_path / "run")
         await _demo_tokens_work(tmp_path, values)
         await _first_alert_pages_the_on_call_person(tmp_path / "mail", values)
         async with httpx.AsyncClient(timeout=5) as client:
@@ -90,6 +91,24 @@ async def test_make_up_starts_every_service_ready_and_make_down_stops_them(infra
                 await client.get(f"http://127.0.0.1:{port}/healthz")
     # Kafka and PostgreSQL were not started by this make up, so make down left them running.
     assert (await _pg_alive(infra)) is True
+
+
+def _background_services_yield_the_cpu(run: Path) -> None:
+    """Reporting and the SLA clocks run at nice 10, the alert's stages and paging at 0: each as a
+    process and, where Linux shares the CPU between sessions first (autogroup), as its session."""
+    autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    by_session = autogroup.exists() and autogroup.read_text().strip() == "1"
+    for s in SERVICES:
+        pid = (run / f"{s}.pid").read_text().strip()
+        expected = 10 if s in ("sla", "reporting") else 0
+        # The fields after the command name: the nice value is the 19th field of the whole line.
+        nice = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[16])
+        assert nice == expected, f"{s} runs at nice {nice}"
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert command[1:3] == [b"-m", s.encode()], f"pid {pid} is not {s}: {command}"
+        if by_session:
+            group = Path(f"/proc/{pid}/autogroup").read_text()  # "/autogroup-123 nice 10"
+            assert group.split()[-1] == str(expected), f"{s}'s session: {group}"
 
 
 async def _demo_tokens_work(state: Path, values: dict[str, str]) -> None:
