@@ -3,6 +3,7 @@
 #   deploy/local/kafka.sh start|stop|status
 # Env: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (KAFKA_PORT+1), KAFKA_DIR (<repo>/.local/kafka),
 #      KAFKA_HEAP_OPTS (-Xms256m -Xmx1g: a long-lived broker gathers thousands of test topics), KAFKA_START_TIMEOUT (90 s), KAFKA_STOP_TIMEOUT (30 s),
+#      KAFKA_JVM_OPTS (-XX:TieredStopAtLevel=1; empty: the JVM's default JIT, see set_java),
 #      OPSLEDGER_CACHE (~/.cache/opsledger: broker jars, shared by every checkout),
 #      PYTHON (readiness check interpreter; default <repo>/.venv/bin/python, else python3).
 # The broker jars come from Maven Central (the only place we can fetch from), resolved once.
@@ -18,6 +19,7 @@ KAFKA_PORT=${KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}
 KAFKA_DIR=${KAFKA_DIR:-$REPO/.local/kafka}
 KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}
+KAFKA_JVM_OPTS=${KAFKA_JVM_OPTS--XX:TieredStopAtLevel=1}
 KAFKA_START_TIMEOUT=${KAFKA_START_TIMEOUT:-90}
 KAFKA_STOP_TIMEOUT=${KAFKA_STOP_TIMEOUT:-30}
 CACHE_DIR=${OPSLEDGER_CACHE:-$HOME/.cache/opsledger}/kafka-$KAFKA_VERSION
@@ -156,9 +158,15 @@ L4J
 }
 
 # JVM command line for the broker and its tools, into the array JAVA.
+# The JIT stops at C1 by default: on a 2-core machine, a fresh broker's C2 compiler thread took 23-24 s
+# of CPU in its first 90 s (more than the broker's own work), competing with the platform it
+# serves; with C1 only, 16-17 s in all, and the same CPU share at 200 alerts/s (17-18 %) once
+# warm. bench/pipeline.py on fresh platforms: logged -> prioritized p99 at 50 alerts/s 27-28 ms
+# against 51-52 ms. A broker meant to run for weeks can set KAFKA_JVM_OPTS= (empty) to get C2.
 set_java() {
-  local heap; read -r -a heap <<<"$KAFKA_HEAP_OPTS"  # several options in one variable
-  JAVA=(java "${heap[@]}" -Djava.awt.headless=true
+  local heap jvm; read -r -a heap <<<"$KAFKA_HEAP_OPTS"  # several options in one variable
+  read -r -a jvm <<<"$KAFKA_JVM_OPTS"
+  JAVA=(java "${heap[@]}" "${jvm[@]}" -Djava.awt.headless=true
     "-Dlog4j2.configurationFile=$KAFKA_DIR/log4j2.properties"
     "-Dlog4j.configuration=file:$KAFKA_DIR/log4j.properties" -cp "$LIBS/*")
 }
