@@ -98,17 +98,18 @@ def _background_services_yield_the_cpu(run: Path) -> None:
     process and, where Linux shares the CPU between sessions first (autogroup), as its session."""
     autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled")
     by_session = autogroup.exists() and autogroup.read_text().strip() == "1"
+    inherited = os.nice(0)  # `nice -n` adds to what make up itself runs at
     for s in SERVICES:
         pid = (run / f"{s}.pid").read_text().strip()
         expected = 10 if s in ("sla", "reporting") else 0
         # The fields after the command name: the nice value is the 19th field of the whole line.
         nice = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[16])
-        assert nice == expected, f"{s} runs at nice {nice}"
+        assert nice == min(19, inherited + expected), f"{s} runs at nice {nice}"
         command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         assert command[1:3] == [b"-m", s.encode()], f"pid {pid} is not {s}: {command}"
         if by_session:
             group = Path(f"/proc/{pid}/autogroup").read_text()  # "/autogroup-123 nice 10"
-            assert group.split()[-1] == str(expected), f"{s}'s session: {group}"
+            assert group.split()[-1] == str(expected), f"{s}'s session: {group}"  # a new session starts at 0
 
 
 async def _demo_tokens_work(state: Path, values: dict[str, str]) -> None:
