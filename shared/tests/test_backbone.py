@@ -731,6 +731,27 @@ async def test_a_straggler_younger_than_the_last_transaction_to_end_is_still_pub
         assert await backbone_unsent(engine) == 0, "the straggler was published"
 
 
+async def test_marks_a_database_restart_lost_are_published_again(
+    infra: TestInfra, make_database: Any, topic_prefix: str
+) -> None:
+    """A pass's "sent" marks commit without waiting for the disk, so a database crash can lose
+    them. Once the relay sees the server started anew, it scans from the start again: rows left
+    unsent below its floor go out once more (duplicates the consumers' inboxes absorb)."""
+    settings = await make_settings(infra, make_database, topic_prefix)
+    async with relay_of(settings) as (engine, _outbox, relay):
+        await stage_ticks(settings, 3)
+        assert await relay.publish_batch() == 3
+        assert await relay.publish_batch() == 0  # marks the three sent
+        assert await backbone_unsent(engine) == 0 and relay.floor.value > 0
+        # As a crash that lost those marks leaves it: the rows unsent, and the server started again.
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("UPDATE outbox SET sent_at = NULL"))
+        relay.server_started = datetime(2000, 1, 1, tzinfo=UTC)
+        for _ in range(3):
+            await relay.publish_batch()
+        assert await backbone_unsent(engine) == 0, "rows below the floor stayed unsent"
+
+
 async def backbone_unsent(engine: Any) -> int:
     return await app.unsent(engine)  # type: ignore[no-any-return]
 
