@@ -129,14 +129,9 @@ async def test_outbox_events_reach_kafka_and_are_applied_once(
 ) -> None:
     settings = await make_settings(infra, make_database, topic_prefix)
     ids = await stage_ticks(settings, 50)
-    engine = make_engine(settings)
-    producer = make_producer(settings)
-    await producer.start()
-    relay = OutboxRelay(settings, make_sessionmaker(engine), producer, Outbox(settings))
-    assert await relay.publish_batch() == 50
-    assert await relay.publish_batch() == 0, "sent rows must not be published again"
-    await producer.stop()
-    await engine.dispose()
+    async with relay_of(settings) as (_engine, _outbox, relay):
+        assert await relay.publish_batch() == 50
+        assert await relay.publish_batch() == 0, "sent rows must not be published again"
 
     on_wire = await topic_event_ids(settings, settings.topic(Stream.INCIDENTS), 50)
     assert sorted(on_wire) == sorted(ids)
@@ -376,12 +371,8 @@ async def test_fresh_consumer_replays_from_offset_zero_into_the_same_state(
 ) -> None:
     settings = await make_settings(infra, make_database, topic_prefix)
     await stage_ticks(settings, 40, incidents=7)
-    engine = make_engine(settings)
-    producer = make_producer(settings)
-    await producer.start()
-    await OutboxRelay(settings, make_sessionmaker(engine), producer, Outbox(settings)).publish_batch()
-    await producer.stop()
-    await engine.dispose()
+    async with relay_of(settings) as (_engine, _outbox, relay):
+        await relay.publish_batch()
     async with consuming(settings):
         live = await eventually(lambda: _rows_if(settings, 40))
 
@@ -469,21 +460,10 @@ async def _stage_raw(settings: ServiceSettings, values: list[bytes]) -> None:
 
 
 async def _relay_until_empty(settings: ServiceSettings) -> None:
-    engine = make_engine(settings)
-    producer = make_producer(settings)
-    await producer.start()
-    relay = OutboxRelay(settings, make_sessionmaker(engine), producer, Outbox(settings))
-    try:
+    async with relay_of(settings) as (engine, _outbox, relay):
         while await relay.publish_batch():
             pass
-        async with engine.connect() as conn:
-            unsent = await conn.scalar(
-                sa.select(sa.func.count()).select_from(outbox_table).where(outbox_table.c.sent_at.is_(None))
-            )
-        assert unsent == 0, "every row is either on its topic or on the dead-letter topic"
-    finally:
-        await producer.stop()
-        await engine.dispose()
+        assert await backbone_unsent(engine) == 0, "every row is either on its topic or on the dead-letter topic"
 
 
 async def test_an_event_too_large_for_its_stream_goes_to_the_dead_letter_topic_and_the_rest_flows_on(
