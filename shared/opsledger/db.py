@@ -28,8 +28,6 @@ def make_engine(settings: ServiceSettings) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
         pool_pre_ping=settings.db_pool_pre_ping,
-        # In the connection's startup packet: no round trip.
-        connect_args={"server_settings": {"plan_cache_mode": settings.db_plan_cache_mode}},
     )
     event.listen(engine.sync_engine, "checkout", _refuse_closed)
     return engine

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -27,13 +27,6 @@ class ServiceSettings(BaseSettings):
     # cost (db.make_engine). This adds SQLAlchemy's ping, three round trips per checkout: only for
     # a network that can drop connections silently.
     db_pool_pre_ping: bool = False
-    # How PostgreSQL plans this service's prepared statements (every statement is prepared: asyncpg
-    # caches them per connection). "auto" re-plans most of the write path's set-based statements
-    # on every execution (a parameter array's length changes the estimates), which was a fifth to
-    # two fifths of their time in intake, triage and assignment; a generic plan is made once per
-    # connection. Their plans do not depend on the values (key probes), hence the default; a
-    # service whose queries do (reporting's analytics) sets "auto".
-    db_plan_cache_mode: Literal["auto", "force_generic_plan", "force_custom_plan"] = "force_generic_plan"
     kafka_bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = "opsledger"
     topic_partitions: int = Field(default=6, ge=1)

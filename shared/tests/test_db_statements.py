@@ -14,8 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from opsledger.db import driver_fetch, make_engine, make_sessionmaker, pooled_driver, write_rows
-from opsledger.settings import ServiceSettings
+from opsledger.db import driver_fetch, make_sessionmaker, write_rows
 
 pytestmark = pytest.mark.integration
 
@@ -92,26 +91,3 @@ async def test_driver_fetch_runs_in_the_sessions_transaction_first_or_not(make_d
         kept = list((await conn.execute(sa.text("SELECT n FROM marks ORDER BY n"))).scalars())
     await engine.dispose()
     assert kept == [4, 5]
-
-
-async def test_a_service_plans_each_prepared_statement_once(make_database: Callable[..., Any]) -> None:
-    """A service's connections plan a prepared statement once (a generic plan), not on every
-    execution: PostgreSQL's "auto" re-plans a statement with an array parameter each time, as the
-    array's length changes its estimates (the write path's set-based statements all have one)."""
-    url = await make_database()
-    statement = "SELECT count(*) FROM unnest($1::int[]) AS planned(n)"
-    plans: dict[str, tuple[int, int]] = {}
-    for settings in (ServiceSettings(database_url=url), ServiceSettings(database_url=url, db_plan_cache_mode="auto")):
-        engine = make_engine(settings)
-        try:
-            async with pooled_driver(engine) as conn:
-                for n in range(1, 9):
-                    assert await conn.fetchval(statement, list(range(n))) == n
-                row = await conn.fetchrow(
-                    "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1", statement
-                )
-        finally:
-            await engine.dispose()
-        plans[settings.db_plan_cache_mode] = (row["generic_plans"], row["custom_plans"])
-    assert plans["force_generic_plan"] == (8, 0), "the default: one generic plan, reused"
-    assert plans["auto"][1] >= 5, "PostgreSQL's own default planned it anew each time"

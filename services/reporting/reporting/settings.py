@@ -1,7 +1,5 @@
 """Settings of the reporting service (environment: OPSLEDGER_*)."""
 
-from typing import Literal
-
 from opsledger.settings import ServiceSettings
 
 
@@ -14,7 +12,4 @@ class Settings(ServiceSettings):
     consumer_linger_ms: int = 100
     # Replay speed is a headline figure: bigger batches mean fewer transactions per event.
     consumer_batch_size: int = 2000
-    # Its analytics filter on time ranges and values whose selectivity the plan must see (its
-    # write path plans little: a few statements per batch).
-    db_plan_cache_mode: Literal["auto", "force_generic_plan", "force_custom_plan"] = "auto"
     rebuild_switch_poll_seconds: float = 0.5
