@@ -1,6 +1,6 @@
-"""Triage's stage against the real PostgreSQL (no Kafka): a batch costs one query to load, one to
-read the versions in force and one statement to save, and the policy is compiled again only when a
-configuration version changed."""
+"""Triage's stage against the real PostgreSQL (no Kafka): a batch costs one query to load its
+incidents with the versions in force and one statement to save, and the policy is compiled again
+only when a configuration version changed."""
 
 from __future__ import annotations
 
@@ -125,15 +125,15 @@ async def test_a_batch_loads_once_saves_once_and_reuses_the_compiled_policy(engi
     incidents = [uuid.uuid4() for _ in range(5)]
     async with unit_of_work(sessionmaker, outbox, clock) as uow:
         await triage.stage.handle(uow, [delivery(logged(i)) for i in incidents])
-    # Load, versions in force, configs at those versions (first build), one upsert of the five
-    # states, one insert of their events into the outbox.
-    assert statements.take() == ["SELECT", "SELECT", "SELECT", "INSERT", "INSERT"]
+    # Load with the versions in force (one query), configs at those versions (first build), one
+    # upsert of the five states, one insert of their events into the outbox.
+    assert statements.take() == ["WITH", "SELECT", "INSERT", "INSERT"]
     assert triage.policies.builds == 1
 
     async with unit_of_work(sessionmaker, outbox, clock) as uow:
         await triage.stage.handle(uow, [delivery(correlated(i, "critical")) for i in incidents])
-    # The policy came from the cache: one query for the versions, none for the bodies.
-    assert statements.take() == ["SELECT", "SELECT", "INSERT", "INSERT"]
+    # The policy came from the cache: the one query of states and versions, none for the bodies.
+    assert statements.take() == ["WITH", "INSERT", "INSERT"]
     assert triage.policies.builds == 1
 
     async with sessionmaker() as session:
@@ -173,3 +173,35 @@ async def test_a_refused_configuration_change_leaves_the_cached_policy_in_force(
     async with sessionmaker() as session:
         assert await triage.policy(session) is before
         assert await store.versions_in_force(session) == {"categories": 1, "rules": 1, "matrix": 1}
+
+
+async def test_the_batch_read_gives_what_the_two_queries_give_and_locks_the_rows(engine: AsyncEngine) -> None:
+    settings = Settings(database_url="unused")
+    clock = ManualClock(T0)
+    triage = Triage(settings, Outbox(settings), clock)
+    sessionmaker = make_sessionmaker(engine)
+    async with sessionmaker() as session, session.begin():
+        # No configuration yet, nothing triaged: no versions, no states, still one row to read.
+        assert await store.load_states_and_versions(session, [uuid.uuid4()]) == ({}, {})
+    async with unit_of_work(sessionmaker, triage.outbox, clock) as uow:
+        await triage.seed_defaults(uow)
+    incidents = [uuid.uuid4() for _ in range(3)]
+    async with unit_of_work(sessionmaker, triage.outbox, clock) as uow:
+        await triage.stage.handle(uow, [delivery(logged(i)) for i in incidents])
+
+    wanted = [*incidents[:2], uuid.uuid4()]  # two triaged, one unknown
+    async with sessionmaker() as session, session.begin():
+        states, versions = await store.load_states_and_versions(session, wanted)
+        assert states == await store.load_states(session, wanted)
+        assert sorted(states) == sorted(incidents[:2])
+        assert versions == await store.versions_in_force(session) == {"categories": 1, "rules": 1, "matrix": 1}
+        assert await store.load_states_and_versions(session, []) == ({}, versions)
+        # The rows read are locked until this transaction ends; the one not read is not.
+        other = await asyncpg.connect(engine.url.render_as_string(hide_password=False).replace("+asyncpg", ""))
+        try:
+            lock = "SELECT 1 FROM triage_incidents WHERE incident_id = $1 FOR UPDATE NOWAIT"
+            with pytest.raises(asyncpg.LockNotAvailableError):
+                await other.fetch(lock, incidents[0])
+            assert await other.fetch(lock, incidents[2])
+        finally:
+            await other.close()

@@ -45,6 +45,7 @@ class Triage:
             context=self._policy,
             system_actor=outgoing.SYSTEM_ACTOR,
             correlation=lambda state: state.correlation_id,
+            read=self._read,
         )
 
     def consumer(self) -> ConsumerSpec:
@@ -58,6 +59,10 @@ class Triage:
         self, uow: UnitOfWork, changed: dict[uuid.UUID, TriageState], loaded: Mapping[uuid.UUID, TriageState]
     ) -> None:
         await store.save_states(uow.session, changed, uow.now)
+
+    async def _read(self, uow: UnitOfWork, ids: Collection[uuid.UUID]) -> tuple[dict[uuid.UUID, TriageState], Policy]:
+        states, versions = await store.load_states_and_versions(uow.session, ids)
+        return states, await self.policies.current(uow.session, versions)
 
     async def _policy(self, uow: UnitOfWork) -> Policy:
         return await self.policies.current(uow.session)

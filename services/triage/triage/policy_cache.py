@@ -30,13 +30,15 @@ class PolicyCache:
         self._cached: tuple[Versions, domain.Policy] | None = None
         self.builds = 0  # how many times a policy was compiled (tests and diagnostics)
 
-    async def current(self, session: AsyncSession) -> domain.Policy:
-        """The policy in force: one query for the versions, a second only when they changed."""
-        versions = await store.versions_in_force(session)
+    async def current(self, session: AsyncSession, versions: Mapping[str, int] | None = None) -> domain.Policy:
+        """The policy in force: one query for the versions (none when the caller read them in this
+        transaction, before writing any), a second only when they changed."""
+        if versions is None:
+            versions = await store.versions_in_force(session)
         cached = self._cached
         if cached is not None and cached[0] == _key(versions):
             return cached[1]
-        return self.of(await store.configs_at(session, versions))
+        return self.of(await store.configs_at(session, dict(versions)))
 
     def of(self, rows: Mapping[str, sa.Row[Any]]) -> domain.Policy:
         """The policy of these stored versions (kind -> row), from the cache when it holds them."""

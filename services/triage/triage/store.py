@@ -204,6 +204,15 @@ _LOAD_STATES = (
     " ORDER BY incident_id FOR UPDATE"
 )
 _VERSIONS_IN_FORCE = "SELECT kind, max(version) FROM config_versions GROUP BY kind"
+# A batch's first read in one round trip: the versions in force (as two arrays) on every row, and
+# the incidents' states locked in id order (the CTE runs whole, in its order, before the join);
+# with no incident found, one row of versions and no state.
+_LOAD_STATES_AND_VERSIONS = (
+    "WITH v AS (SELECT array_agg(kind) AS kinds, array_agg(version) AS versions"
+    " FROM (SELECT kind, max(version) AS version FROM config_versions GROUP BY kind) AS k),"
+    f" s AS MATERIALIZED ({_LOAD_STATES})"
+    f" SELECT v.kinds, v.versions, {', '.join('s.' + f for f in _StateRow._fields)} FROM v LEFT JOIN s ON true"
+)
 
 
 def _state_from(row: Any) -> domain.TriageState:
@@ -227,6 +236,16 @@ async def load_states(session: AsyncSession, ids: Collection[uuid.UUID]) -> dict
         return {}
     rows = [_StateRow(*row) for row in await driver_fetch(session, _LOAD_STATES, sorted(ids))]
     return {row.incident_id: _state_from(row) for row in rows}
+
+
+async def load_states_and_versions(
+    session: AsyncSession, ids: Collection[uuid.UUID]
+) -> tuple[dict[uuid.UUID, domain.TriageState], dict[str, int]]:
+    """`load_states` and `versions_in_force` in one query: what every batch reads first."""
+    rows = await driver_fetch(session, _LOAD_STATES_AND_VERSIONS, sorted(ids))
+    kinds, versions = rows[0][0] or [], rows[0][1] or []
+    states = [_StateRow(*row[2:]) for row in rows if row[2] is not None]
+    return {row.incident_id: _state_from(row) for row in states}, dict(zip(kinds, versions, strict=True))
 
 
 _MUTABLE = ("facts", "decision", "overrides", "category", "subcategory", "priority", "updated_at")
