@@ -112,22 +112,24 @@ class Stage(Generic[S, C]):
     incident are serialised; rows are locked in id order so two batches cannot deadlock); `save`
     writes the states that changed (one statement), given also their states as loaded (absent: new),
     for a service that keeps counts over its states; `context` gives what decisions are made under,
-    once per unit of work. Each gets the unit of work (its session, and `now`). Timers must carry
-    their incident in `data["incident_id"]`. Events carry their cause's correlation id, or, with
-    `correlation`, the one the incident's state names (e.g. the alert that opened it)."""
+    once per unit of work. A service that can read both in one round trip gives `read` instead of
+    `load` and `context` (each round trip of a batch's transaction is a wait for PostgreSQL, and
+    under load a wait for the CPU). Each gets the unit of work (its session, and `now`). Timers must
+    carry their incident in `data["incident_id"]`. Events carry their cause's correlation id, or,
+    with `correlation`, the one the incident's state names (e.g. the alert that opened it)."""
 
     service: str
     decider: Decider[S, C]
-    load: Callable[[UnitOfWork, Collection[uuid.UUID]], Awaitable[dict[uuid.UUID, S]]]
     save: Callable[[UnitOfWork, dict[uuid.UUID, S], Mapping[uuid.UUID, S]], Awaitable[None]]
-    context: Callable[[UnitOfWork], Awaitable[C]]
+    load: Callable[[UnitOfWork, Collection[uuid.UUID]], Awaitable[dict[uuid.UUID, S]]] | None = None
+    context: Callable[[UnitOfWork], Awaitable[C]] | None = None
+    read: Callable[[UnitOfWork, Collection[uuid.UUID]], Awaitable[tuple[dict[uuid.UUID, S], C]]] | None = None
     system_actor: str = field(default="")
     correlation: Callable[[S], str | None] | None = None
-    # `load` and `context` together, for a service that reads both in one round trip: each round
-    # trip of a batch's transaction is a wait for PostgreSQL, and under load a wait for the CPU.
-    read: Callable[[UnitOfWork, Collection[uuid.UUID]], Awaitable[tuple[dict[uuid.UUID, S], C]]] | None = None
 
     def __post_init__(self) -> None:
+        if (self.read is None) == (self.load is None or self.context is None):
+            raise ValueError(f"stage {self.service}: give either `read`, or both `load` and `context`")
         self.system_actor = self.system_actor or f"system:{self.service}"
 
     # ------------------------------------------------------------------ consumed events
@@ -225,6 +227,7 @@ class Stage(Generic[S, C]):
     async def _read(self, uow: UnitOfWork, ids: Collection[uuid.UUID]) -> tuple[dict[uuid.UUID, S], C]:
         if self.read is not None:
             return await self.read(uow, ids)
+        assert self.load is not None and self.context is not None  # see __post_init__
         return await self.load(uow, ids), await self.context(uow)
 
     def _apply(

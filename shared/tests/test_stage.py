@@ -237,3 +237,31 @@ async def test_reactions_and_commands_can_carry_the_correlation_id_the_state_nam
     reaction = (await staged(engine))[0]
     assert reaction.correlation_id == "opened-by-2" and reaction.causation_id == ping.event_id
     assert events[0].correlation_id == "opened-by-2"
+
+
+@pytest.mark.integration
+async def test_a_stage_may_read_states_and_context_in_one_go(engine: AsyncEngine) -> None:
+    plain = make_stage([])
+    reads: list[set[uuid.UUID]] = []
+
+    async def read(uow: UnitOfWork, ids: Collection[uuid.UUID]) -> tuple[dict[uuid.UUID, Tally], int]:
+        assert plain.load is not None
+        reads.append(set(ids))
+        return await plain.load(uow, ids), 2  # a limit of 2, where `plain`'s context gives 5
+
+    with pytest.raises(ValueError, match="either"):
+        Stage("stagetest", decider, save=plain.save, load=plain.load)
+    with pytest.raises(ValueError, match="either"):
+        Stage("stagetest", decider, save=plain.save, load=plain.load, context=plain.context, read=read)
+    stage = Stage("stagetest", decider, save=plain.save, read=read)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    sessionmaker, outbox, clock = make_sessionmaker(engine), Outbox(ServiceSettings()), ManualClock(T0)
+    async with unit_of_work(sessionmaker, outbox, clock) as uow:
+        pings = [new_event(Pinged(n=n), producer="t", actor="t", incident_id=i) for n, i in [(2, a), (1, b)]]
+        await stage.handle(uow, [delivery(p) for p in pings])
+    assert reads == [{a, b}]
+    async with sessionmaker() as session:
+        assert await timers.pending(session) == {f"nudge:{a}": T0}  # the context `read` gave decided
+    async with unit_of_work(sessionmaker, outbox, clock) as uow:
+        state, _ = await stage.execute(uow, b, lambda state, limit: Decision(Tally(limit)), actor="user:alice")
+    assert reads[-1] == {b} and state == Tally(2)

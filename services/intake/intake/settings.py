@@ -19,11 +19,12 @@ class Settings(ServiceSettings):
     # its key within the window goes to it (the resolution stage reopens it) instead of a new one.
     # The same name and default as the resolution stage's setting, so one variable sets both.
     reopen_window_seconds: float = Field(default=7 * 86400, gt=0)
-    # Intake consumes only the resolution stage's closing events, and skips the rest of the stream
-    # (six events an alert in the pipeline bench): fetched as they came, each cost a fetch. Lingering takes them in
-    # batches; what the closing events change (the reopen window, a closed key opening anew) then
-    # takes effect up to this much later. At 50 alerts/s (fresh `make up`, two pairs): intake 13 %
-    # of a core against 17-19, Kafka 16-17 against 19-20; at 200 alerts/s within noise.
+    # Intake consumes only the resolution stage's closing events and skips the rest of the stream
+    # (six events an alert in the pipeline bench): fetched as they came, each cost a fetch.
+    # Lingering takes them in batches; what the closing events change (the reopen window, a closed
+    # key opening anew) then takes effect up to this much later. At 50 alerts/s (fresh `make up`,
+    # two pairs): intake 13 % of a core against 17-19, Kafka 16-17 against 19-20; at 200 alerts/s
+    # within noise.
     consumer_linger_ms: int = Field(default=100, ge=0, le=1000)
     # Integration keys are looked up once per this many seconds per process (a disabled key is
     # refused at once by the replica that disabled it, by the others within this time).

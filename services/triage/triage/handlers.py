@@ -40,20 +40,15 @@ class Triage:
         self.stage: Stage[TriageState, Policy] = Stage(
             outgoing.PRODUCER,
             decider.decider,
-            load=self._load,
             save=self._save,
-            context=self._policy,
+            read=self._read,
             system_actor=outgoing.SYSTEM_ACTOR,
             correlation=lambda state: state.correlation_id,
-            read=self._read,
         )
 
     def consumer(self) -> ConsumerSpec:
         """The incidents stream, subscribed to exactly the event types the decider reacts to."""
         return self.stage.consumer("incidents", [self.settings.topic(Stream.INCIDENTS)], self.outbox, self.clock)
-
-    async def _load(self, uow: UnitOfWork, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, TriageState]:
-        return await store.load_states(uow.session, ids)
 
     async def _save(
         self, uow: UnitOfWork, changed: dict[uuid.UUID, TriageState], loaded: Mapping[uuid.UUID, TriageState]
@@ -61,11 +56,9 @@ class Triage:
         await store.save_states(uow.session, changed, uow.now)
 
     async def _read(self, uow: UnitOfWork, ids: Collection[uuid.UUID]) -> tuple[dict[uuid.UUID, TriageState], Policy]:
+        """The incidents (locked) and the policy in force: the versions come with the incidents."""
         states, versions = await store.load_states_and_versions(uow.session, ids)
         return states, await self.policies.current(uow.session, versions)
-
-    async def _policy(self, uow: UnitOfWork) -> Policy:
-        return await self.policies.current(uow.session)
 
     async def policy(self, session: AsyncSession) -> Policy:
         """The policy in force (compiled once per configuration version)."""
