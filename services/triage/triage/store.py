@@ -203,13 +203,13 @@ _LOAD_STATES = (
     f"SELECT {', '.join(_StateRow._fields)} FROM triage_incidents WHERE incident_id = ANY($1::uuid[])"
     " ORDER BY incident_id FOR UPDATE"
 )
-_VERSIONS_IN_FORCE = "SELECT kind, max(version) FROM config_versions GROUP BY kind"
+_VERSIONS_IN_FORCE = "SELECT kind, max(version) AS version FROM config_versions GROUP BY kind"
 # A batch's first read in one round trip: the versions in force (as two arrays) on every row, and
 # the incidents' states locked in id order (the CTE runs whole, in its order, before the join);
 # with no incident found, one row of versions and no state.
 _LOAD_STATES_AND_VERSIONS = (
     "WITH v AS (SELECT array_agg(kind) AS kinds, array_agg(version) AS versions"
-    " FROM (SELECT kind, max(version) AS version FROM config_versions GROUP BY kind) AS k),"
+    f" FROM ({_VERSIONS_IN_FORCE}) AS k),"
     f" s AS MATERIALIZED ({_LOAD_STATES})"
     f" SELECT v.kinds, v.versions, {', '.join('s.' + f for f in _StateRow._fields)} FROM v LEFT JOIN s ON true"
 )
