@@ -11,7 +11,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from intake import api, integrations
-from intake.handlers import CLOSING_EVENTS, on_incident_event
+from intake.handlers import CLOSING_EVENTS, REFUSED, on_incident_event
 from intake.runtime import IntakeRuntime
 from intake.settings import Settings
 from opsledger.bus.consumer import ConsumerSpec
@@ -30,8 +30,8 @@ def build(settings: Settings | None = None, clock: Clock | None = None) -> FastA
             ConsumerSpec(
                 name="incidents",
                 topics=[settings.topic(Stream.INCIDENTS)],
-                handler=on_incident_event(settings),
-                event_types=set(CLOSING_EVENTS),
+                handler=on_incident_event(runtime),
+                event_types={*CLOSING_EVENTS, REFUSED},
                 accept_unknown=True,  # the closing events' schemas belong to other services
             )
         ]

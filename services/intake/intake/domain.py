@@ -259,6 +259,38 @@ def _correlated(state: AlertState, signal: AlertSignal) -> AlertCorrelated:
         title=signal.title,
         labels=dict(signal.labels),
         raw=dict(signal.raw),
+        integration_name=signal.integration_name,
+        occurred_at=signal.occurred_at,
+        description=signal.description,
+        service=signal.service,
+        environment=signal.environment,
+        component=signal.component,
+        annotations=dict(signal.annotations),
+        links=list(signal.links),
+    )
+
+
+def refused_signal(alert: AlertCorrelated) -> AlertSignal:
+    """The trigger behind an alert the resolution stage refused (CorrelationRefused), as intake
+    received it: what opens the new incident it belongs to."""
+    return AlertSignal(
+        kind=SignalKind.TRIGGER,
+        source=alert.source,
+        dedup_key=alert.dedup_key,
+        title=alert.title or alert.dedup_key,
+        severity=alert.severity,
+        occurred_at=alert.occurred_at or alert.last_seen,
+        integration_id=alert.integration_id,
+        integration_name=alert.integration_name,
+        source_severity=alert.source_severity,
+        description=alert.description,
+        service=alert.service,
+        environment=alert.environment,
+        component=alert.component,
+        labels=alert.labels,
+        annotations=alert.annotations,
+        links=tuple(alert.links),
+        raw=alert.raw,
     )
 
 

@@ -20,15 +20,19 @@ from intake.domain import (
     AlertState,
     FlapPolicy,
     Report,
+    Status,
+    closed_downstream,
     decide,
     fit_for_log,
+    refused_signal,
     report_logged,
 )
 from intake.errors import FieldError, Rejected
 from intake.integration_keys import PRODUCER, Integration
 from opsledger.bus.outbox import Outbox
 from opsledger.db import driver_connection
-from opsledger.events import Envelope, EventPayload, new_event
+from opsledger.events import Envelope, EventPayload, derived_event_id, new_event
+from opsledger.events.resolution import CorrelationRefused
 
 if TYPE_CHECKING:
     from intake.runtime import IntakeRuntime
@@ -135,11 +139,60 @@ def _event(
     envelope = new_event(
         payload, producer=PRODUCER, actor=actor, incident_id=incident_id, correlation_id=correlation_id, occurred_at=now
     )
+    return _fitted(envelope)
+
+
+def _fitted(envelope: Envelope) -> Envelope:
     fitted = fit_for_log(envelope.payload)
     if fitted is None:
         message = f"the alert would make an event over {MAX_PAYLOAD_BYTES} bytes even without its raw copy"
         raise Rejected(413, f"body: {message}", [FieldError("body", message)])
     return envelope if fitted is envelope.payload else envelope.model_copy(update={"payload": fitted})
+
+
+async def open_for_refused(
+    conn: asyncpg.Connection,
+    outbox: Outbox,
+    refusal: Envelope,
+    refused: CorrelationRefused,
+    *,
+    now: datetime,
+    policy: FlapPolicy,
+) -> bool:
+    """Open the incident an alert belongs to that the resolution stage refused: intake attached it
+    to an incident closed before it knew. In the caller's transaction; False (nothing staged) when
+    the key has moved on since: a newer incident, or a flapping key, holds its alerts now."""
+    alert = refused.alert
+    if alert.integration_id is None:
+        return False
+    scope = alert.integration_id  # the integration's id is the scope of its keys (AlertRequest.scope)
+    state = (await store.lock_states(conn, scope, [alert.dedup_key]))[alert.dedup_key]
+    if state.incident_id != refusal.incident_id or state.status is Status.FIRING:
+        return False
+    # Over for good, whatever intake thought of its reopen window: resolution has the last word.
+    signal = refused_signal(alert)
+    new_id = derived_event_id(refusal.event_id, "incident")
+    outcome = decide(closed_downstream(state), signal, now=now, policy=policy, new_incident_id=new_id)
+    actor = f"integration:{alert.integration_name}" if alert.integration_name else f"system:{PRODUCER}"
+    envelopes = []
+    for ordinal, payload in enumerate(outcome.events):
+        envelope = new_event(
+            payload,
+            producer=PRODUCER,
+            actor=actor,
+            incident_id=outcome.incident_id,
+            cause=refusal,
+            ordinal=ordinal,
+            occurred_at=now,
+        )
+        envelopes.append(_fitted(envelope))
+    await store.save_states(conn, scope, {alert.dedup_key: outcome.state})
+    if outcome.opened:
+        assert outcome.incident_id is not None
+        logged = store.LoggedIncident(outcome.incident_id, signal.source, scope, signal.dedup_key, signal.title, now)
+        await store.record_incidents(conn, [logged])
+    await outbox.stage(conn, envelopes)
+    return bool(envelopes)
 
 
 def _with_integration(signal: AlertSignal, integration: Integration) -> AlertSignal:

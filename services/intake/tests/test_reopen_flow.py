@@ -7,14 +7,17 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
+from aiokafka import AIOKafkaProducer
 
 from intake import store
-from opsledger.events import Envelope, Stream
+from opsledger.events import Envelope, Stream, new_event
+from opsledger.events.intake import AlertCorrelated
 from opsledger.testing import TestInfra, eventually, running_app
 from resolution.app import build as build_resolution
 from resolution.settings import Settings as ResolutionSettings
@@ -160,3 +163,85 @@ async def test_a_new_episode_after_auto_resolution_reopens_and_the_ha_resend_is_
         logged = [e for e in await svc.events() if e.event_type == "IncidentLogged"]
         assert [str(e.incident_id) for e in logged] == [incident_id]
         assert uuid.UUID(incident_id)
+
+
+async def test_an_alert_attached_to_an_incident_closed_meanwhile_opens_a_new_one(
+    infra: TestInfra, make_database: Any, topic_prefix: str
+) -> None:
+    """Intake learns of a closure from the log, so a trigger it takes meanwhile goes to the closed
+    incident. The resolution stage refuses it (CorrelationRefused), and intake opens the new
+    incident the alert belongs to, which then goes down the pipeline like any other. The race is
+    set up by publishing the AlertCorrelated such a trigger makes, once the incident is closed."""
+    settings = await make_settings(infra, make_database, topic_prefix)
+    async with resolution(infra, make_database, topic_prefix) as res, intake(settings) as svc:
+        body = {**generic_alert(), "dedup_key": "db-2-disk"}
+        first = await svc.post("/v1/alerts", body)
+        assert first.status_code == 202 and first.json()["action"] == "logged", first.text
+        closed_id = first.json()["incident_id"]
+        await state_of(res, closed_id, "logged")
+        for action, payload in (("resolve", {"code": "fixed", "root_cause": "bigger disk"}), ("close", {})):
+            done = await res.post(f"/v1/incidents/{closed_id}/{action}", json=payload, headers=RESPONDER)
+            assert done.status_code == 200, done.text
+
+        async def forgotten() -> bool:
+            row = await key_state(svc, "db-2-disk")
+            return row["status"] == "resolved" and row["reopenable_until"] is None
+
+        await eventually(forgotten, timeout=60, what="intake heard of the closure")
+        [logged] = [e for e in await svc.events() if e.event_type == "IncidentLogged"]
+        racing = await publish_correlated(svc, logged, occurrence=2)
+
+        # Refused by the stage that closed it; the alert opens a new incident, told like the first.
+        (refusal,) = await resolution_events(svc, closed_id, "CorrelationRefused", 1)
+        assert refusal.payload["alert"] == racing.payload and "closed" in refusal.payload["reason"]
+        assert refusal.causation_id == racing.event_id
+
+        async def reopened_elsewhere() -> list[Envelope]:
+            return [e for e in await svc.events() if e.event_type == "IncidentLogged" and e.causation_id]
+
+        (new,) = await eventually(reopened_elsewhere, timeout=60, what="a new incident for the refused alert")
+        assert new.causation_id == refusal.event_id and new.correlation_id == refusal.correlation_id
+        assert new.incident_id != logged.incident_id and new.actor == logged.actor
+        same = ("title", "description", "service", "environment", "labels", "severity", "dedup_key", "integration_id")
+        assert {k: new.payload[k] for k in same} == {k: logged.payload[k] for k in same}
+        await state_of(res, str(new.incident_id), "logged")
+        row = await key_state(svc, "db-2-disk")
+        assert (row["status"], row["incident_id"]) == ("firing", new.incident_id)
+        again = await svc.post("/v1/alerts", body)
+        assert (again.json()["action"], again.json()["incident_id"]) == ("correlated", str(new.incident_id))
+
+        # Another trigger that raced the closure: refused too, but the new incident has the key now.
+        late = await publish_correlated(svc, logged, occurrence=3)
+        (_, second) = await resolution_events(svc, closed_id, "CorrelationRefused", 2)
+        assert second.causation_id == late.event_id
+
+        async def applied() -> bool:
+            query = sa.text("SELECT count(*) FROM inbox WHERE event_id = :id")
+            async with svc.runtime.engine.connect() as conn:
+                return bool(await conn.scalar(query, {"id": second.event_id}))
+
+        await eventually(applied, timeout=60, what="intake applied the second refusal")
+        assert len(await reopened_elsewhere()) == 1
+        assert (await key_state(svc, "db-2-disk"))["incident_id"] == new.incident_id
+
+
+async def publish_correlated(svc: Intake, logged: Envelope, occurrence: int) -> Envelope:
+    """The AlertCorrelated intake makes of a trigger of `logged`'s key that it attaches to
+    `logged`'s incident, published as intake's relay would."""
+    told = {k: v for k, v in logged.payload.items() if k in AlertCorrelated.model_fields}
+    told.update(occurrence_count=occurrence, first_seen=logged.payload["received_at"], last_seen=datetime.now(UTC))
+    payload = AlertCorrelated.model_validate(told)
+    envelope = new_event(
+        payload,
+        producer="intake",
+        actor=logged.actor,
+        incident_id=logged.incident_id,
+        correlation_id=f"race-{occurrence}",
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=svc.settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(svc.settings.topic(Stream.INCIDENTS), envelope.to_bytes(), key=envelope.key)
+    finally:
+        await producer.stop()
+    return envelope

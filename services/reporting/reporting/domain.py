@@ -38,6 +38,7 @@ from opsledger.events.intake import (
     IncidentLogged,
 )
 from opsledger.events.resolution import (
+    CorrelationRefused,
     IncidentClosed,
     IncidentReopened,
     IncidentResolved,
@@ -254,6 +255,8 @@ def _logged(s: IncidentState, p: IncidentLogged, at: datetime) -> None:
 
 @applies(AlertCorrelated)
 def _correlated(s: IncidentState, p: AlertCorrelated, at: datetime) -> None:
+    if s.status == "closed":
+        return  # attached before intake knew of the closure: refused, it opens a new incident
     s.alert_count = max(s.alert_count, p.occurrence_count)
     s.severity = p.severity.value
     s.alert_state = "firing"
@@ -295,10 +298,11 @@ def _prioritized(s: IncidentState, p: IncidentPrioritized | IncidentReprioritize
     s.major = p.major
 
 
-@applies(IncidentDetailsUpdated, TriageOverrideCleared, IncidentStatusUpdated)
+@applies(IncidentDetailsUpdated, TriageOverrideCleared, IncidentStatusUpdated, CorrelationRefused)
 def _shown_only(s: IncidentState, p: EventPayload, at: datetime) -> None:
     """In the timeline only: triage answers a details update or a cleared override with a new
-    categorization or priority (that is what changes state); a status update is a message."""
+    categorization or priority (that is what changes state); a status update is a message; a
+    refused alert opens a new incident, which intake logs."""
 
 
 # assignment

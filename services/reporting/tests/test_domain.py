@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from opsledger.events import Envelope
+from opsledger.events.intake import AlertCorrelated
+from opsledger.events.resolution import CorrelationRefused
 from reporting.domain import (
     GENESIS_HASH,
     IncidentState,
@@ -54,6 +56,20 @@ def test_correlated_alerts_count_and_raise_severity() -> None:
     assert (state.alert_count, state.severity) == (3, "critical")
     state = apply_event(state, r := f.alert_resolved(first, 3), f.decode(r))
     assert state.alert_state == "resolved" and state.status == "open", "a resolved alert does not resolve the incident"
+
+
+def test_an_alert_refused_by_a_closed_incident_leaves_it_as_it_was() -> None:
+    """Attached before intake knew of the closure, refused by the resolution stage, logged anew."""
+    first = f.logged(uuid.uuid4())
+    incident = first.incident_id
+    assert incident is not None
+    closed = [first, f.alert_resolved(first, 1), f.resolved(incident, 2), f.closed(incident, 3)]
+    racing = f.correlated(first, 4, 2)
+    refusal = CorrelationRefused(reason="closed", alert=AlertCorrelated.model_validate(racing.payload))
+    state, after = replay(closed), replay([*closed, racing, f.stage(refusal, incident, 5, "resolution")])
+    same = ("status", "alert_count", "severity", "alert_state", "closed_at")
+    assert [getattr(after, k) for k in same] == [getattr(state, k) for k in same]
+    assert (after.alert_state, after.event_count, after.last_event_type) == ("resolved", 6, "CorrelationRefused")
 
 
 def test_full_lifecycle_of_later_stages() -> None:

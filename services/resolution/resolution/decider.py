@@ -22,6 +22,7 @@ from opsledger.events.resolution import (
     ActionItem,
     Audience,
     ClosureCode,
+    CorrelationRefused,
     IncidentClosed,
     IncidentReopened,
     IncidentResolved,
@@ -159,12 +160,15 @@ def on_correlated(
         return Decision(None)
     refired = state.alerts.get(alert.dedup_key) is False
     by_person = state.resolution is not None and not state.resolution.auto
+    if state.status is Status.CLOSED:
+        # Intake attached it before it learnt of the closure: the alert goes to a new incident.
+        return _refuse(state, event, alert, context, "the incident is closed; a closed incident is final")
     new = replace(state, alerts={**state.alerts, alert.dedup_key: True})
     if new.status is not Status.RESOLVED or not (refired or by_person):
         return Decision(new)
     at_event = Context(context.policy, event.occurred_at)  # the re-fire's time decides, also on replay
-    if domain.refusal(Action.REOPEN, new, at_event) is not None:
-        return Decision(new)
+    if (refusal := domain.refusal(Action.REOPEN, new, at_event)) is not None:
+        return _refuse(state, event, alert, context, refusal.reason)
     reopened = IncidentReopened(
         reason=f"alert {alert.dedup_key} fired again at its source ({alert.source}) after resolution",
         by=ReopenTrigger(kind=ReopenKind.ALERT_REFIRED, dedup_key=alert.dedup_key),
@@ -172,6 +176,16 @@ def on_correlated(
     new = _own(_seen(new, event), derived_event_id(event.event_id, "IncidentReopened"), context, reopened)
     new = replace(new, status=Status.IN_PROGRESS, reopened=new.reopened + 1, review=None)
     return Decision(new, [reopened], cancel=[auto_close_key(event.subject)])
+
+
+def _refuse(
+    state: Incident, event: Envelope, alert: AlertCorrelated, context: Context, reason: str
+) -> Decision[Incident]:
+    """The alert is not this incident's (`state` does not count it): say so, and intake opens a
+    new incident for it."""
+    refused = CorrelationRefused(reason=f"alert {alert.dedup_key} fired again, but {reason}", alert=alert)
+    event_id = derived_event_id(event.event_id, "CorrelationRefused")
+    return Decision(_own(_seen(state, event), event_id, context, refused), [refused])
 
 
 @decider.on(AlertResolved)

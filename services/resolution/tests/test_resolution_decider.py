@@ -446,10 +446,22 @@ def test_an_alert_firing_again_within_the_window_reopens() -> None:
     assert decision.state is not None and decision.state.status is Status.IN_PROGRESS
     assert decision.cancel == [f"autoclose:{ID}"] and decision.state.alerts == {"db-disk": True}
     assert decision.state.timeline[-1].event_id == derived_event_id(cause.event_id, "IncidentReopened")
-    # Past the window, or closed: no reopen.
-    assert not decide(state, correlated("db-disk", 31 + 60 * 24 * 7)).events
+    # Past the window, or closed: no reopen. The alert is refused, with what intake needs to open
+    # the new incident it belongs to.
+    late = decide(state, correlated("db-disk", 31 + 60 * 24 * 7))
+    assert types(late.events) == ["CorrelationRefused"]
+    assert late.state is not None and late.state.status is Status.RESOLVED and late.state.reopened == 0
+    assert "reopen window ended" in late.events[0].model_dump()["reason"]
     closed = run(decider.close(ID, ALICE, ClosureCode.RESOLVED, None), state, ctx(40)).state
-    assert not decide(closed, correlated("db-disk", 50)).events
+    assert closed is not None
+    cause = correlated("db-disk", 50)
+    refused = decide(closed, cause)
+    assert types(refused.events) == ["CorrelationRefused"] and not refused.cancel and not refused.schedule
+    body = refused.events[0].model_dump(mode="json")
+    assert "closed" in body["reason"] and body["alert"] == cause.payload
+    assert refused.state is not None and refused.state.status is Status.CLOSED
+    assert refused.state.alerts == closed.alerts == {"db-disk": False}, "the alert is the new incident's"
+    assert refused.state.timeline[-1].event_id == derived_event_id(cause.event_id, "CorrelationRefused")
 
 
 def test_an_alert_firing_after_a_person_resolved_reopens_within_the_window() -> None:
@@ -461,9 +473,10 @@ def test_an_alert_firing_after_a_person_resolved_reopens_within_the_window() -> 
     assert types(decision.events) == ["IncidentReopened"]
     assert decision.events[0].model_dump(mode="json")["by"]["kind"] == "alert_refired"
     assert decision.state is not None and decision.state.status is Status.IN_PROGRESS
-    # Past the window: recorded, not reopened.
+    # Past the window: recorded, not reopened, and refused (a new incident's).
     late = decide(resolved, correlated("db-disk", 40 + 60 * 24 * 7))
-    assert not late.events and late.state is not None and late.state.status is Status.RESOLVED
+    assert types(late.events) == ["CorrelationRefused"]
+    assert late.state is not None and late.state.status is Status.RESOLVED
 
 
 def test_a_new_alert_on_an_auto_resolved_incident_does_not_reopen() -> None:

@@ -58,7 +58,7 @@ def _incident_logged_v1_to_v2(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @event("AlertCorrelated", 1, Stream.INCIDENTS)
-class AlertCorrelated(EventPayload):
+class AlertCorrelatedV1(EventPayload):
     """Another occurrence of an alert attached to the open incident with the same dedup key."""
 
     source: str
@@ -72,6 +72,29 @@ class AlertCorrelated(EventPayload):
     title: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     raw: dict[str, Any] = Field(default_factory=dict)
+
+
+@event("AlertCorrelated", 2, Stream.INCIDENTS)
+class AlertCorrelated(AlertCorrelatedV1):
+    """Another occurrence of an alert attached to the open incident with the same dedup key. v2
+    carries the rest of what the alert said (as IncidentLogged does), so that an alert the
+    incident can no longer take (the resolution stage's CorrelationRefused) can open a new
+    incident as if it had never been attached; None and empty in v1 events."""
+
+    integration_name: str | None = None
+    occurred_at: datetime | None = None  # when the problem started (source's clock)
+    description: str | None = None
+    service: str | None = None
+    environment: str | None = None
+    component: str | None = None
+    annotations: dict[str, str] = Field(default_factory=dict)
+    links: list[Link] = Field(default_factory=list)
+
+
+@upcaster("AlertCorrelated", 1)
+def _alert_correlated_v1_to_v2(body: dict[str, Any]) -> dict[str, Any]:
+    return {**body, "integration_name": None, "occurred_at": None, "description": None, "service": None,
+            "environment": None, "component": None, "annotations": {}, "links": []}  # fmt: skip
 
 
 @event("AlertResolved", 1, Stream.INCIDENTS)

@@ -11,6 +11,7 @@ from typing import Annotated, Self
 from pydantic import Field, model_validator
 
 from opsledger.events.common import PersonRef
+from opsledger.events.intake import AlertCorrelated
 from opsledger.events.registry import EventPayload, Stream, event
 
 Text = Annotated[str, Field(min_length=1, max_length=20000)]
@@ -115,6 +116,17 @@ class ReviewTimelineEntry(EventPayload):
     event_id: uuid.UUID
     at: datetime
     text: str = Field(min_length=1, max_length=2000)
+
+
+@event("CorrelationRefused", 1, Stream.INCIDENTS)
+class CorrelationRefused(EventPayload):
+    """Intake attached an alert to this incident (AlertCorrelated), which can no longer take it:
+    it is closed, or resolved and past its reopen window. Intake learns of a closure from this
+    stage's events, so an alert that came in meanwhile was attached all the same; it belongs to a
+    new incident, which intake opens on this event."""
+
+    reason: str = Field(min_length=1, max_length=2000)
+    alert: AlertCorrelated  # as intake attached it
 
 
 @event("PostIncidentReviewCompleted", 1, Stream.INCIDENTS)
