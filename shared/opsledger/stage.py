@@ -100,6 +100,24 @@ class Decider(Generic[S, C]):
         return self._timer_reactions[timer.kind](state, timer, context)
 
 
+@dataclass(frozen=True)
+class _StageTimers:
+    """A stage's timer handler. Its `lock` takes the timers' incidents before the runner claims
+    the timers, in the order a consumer batch takes them (see opsledger.timers)."""
+
+    stage: Stage[Any, Any]
+    outbox: Outbox
+    clock: Clock
+
+    async def __call__(self, session: AsyncSession, timers: list[FiredTimer]) -> None:
+        async with joined(session, self.outbox, self.clock.now()) as uow:
+            await self.stage.fire(uow, timers)
+
+    async def lock(self, session: AsyncSession, timers: list[Timer]) -> None:
+        async with joined(session, self.outbox, self.clock.now()) as uow:
+            await self.stage._read(uow, {uuid.UUID(str(t.data["incident_id"])) for t in timers})
+
+
 # A command from a person or an integration: a pure function of the state and the context.
 Command = Callable[[S | None, C], Decision[S]]
 
@@ -167,13 +185,9 @@ class Stage(Generic[S, C]):
     # ------------------------------------------------------------------ timers
 
     def timer_handlers(self, outbox: Outbox, clock: Clock) -> dict[str, TimerHandler]:
-        """The timer runner's handlers, one per registered kind."""
-
-        async def fire(session: AsyncSession, timers: list[FiredTimer]) -> None:
-            async with joined(session, outbox, clock.now()) as uow:
-                await self.fire(uow, timers)
-
-        return {kind: fire for kind in self.decider.timer_kinds}
+        """The timer runner's handlers, one per registered kind (one handler for all of them)."""
+        handler = _StageTimers(self, outbox, clock)
+        return {kind: handler for kind in self.decider.timer_kinds}
 
     async def fire(self, uow: UnitOfWork, timers: Sequence[FiredTimer]) -> None:
         ids = {uuid.UUID(str(t.data["incident_id"])) for t in timers}

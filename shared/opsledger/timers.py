@@ -6,7 +6,14 @@ caller's transaction: nothing is scheduled if the caller rolls back. A `TimerRun
 rows with `FOR UPDATE SKIP LOCKED`, deletes them and calls the service's handler for their kind in
 the same transaction, so the handler's events (outbox) and the timer's removal commit together:
 with any number of replicas, across SIGKILL and restarts, each timer fires exactly once, and what
-fell due while the service was down fires when it comes back. Events a timer causes get ids
+fell due while the service was down fires when it comes back.
+
+Locks go in one order: what a timer is about (an incident's state), then the timer. A consumer
+batch locks its incidents and then cancels or moves their timers; a handler with a `lock` method
+(`TimerHandler`) has it called before the runner claims the timers, so a timer cancelled while it
+falls due is either fired before the cancel or found gone, never a deadlock between the two (which
+PostgreSQL broke after a second, and which could put a cancelled timer back as a retry). Runners
+share the due timers by advisory locks on their keys, taken before anything else. Events a timer causes get ids
 derived from the timer's key and due time (`FiredTimer.event_id`), so even a re-derivation yields
 the same event.
 
@@ -38,6 +45,10 @@ log = logging.getLogger(__name__)
 TIMER_EVENT_NAMESPACE = uuid.UUID("3d0f6c1e-7a52-4b8e-9f14-6e2b8c9d0a47")
 # A failing handler's timer is retried later, backing off up to this long.
 MAX_RETRY_DELAY = timedelta(minutes=5)
+# The advisory locks (pg_try_advisory_xact_lock(TIMER_LOCKS, hashtext(key))) by which runners
+# share the due timers; a runner looks this many batches deep for timers the others do not hold.
+TIMER_LOCKS = 0x71E4
+RUNNERS_SKIPPED = 4
 
 
 def kind_of(key: str) -> str:
@@ -73,8 +84,12 @@ class FiredTimer:
         return uuid.uuid5(TIMER_EVENT_NAMESPACE, f"{self.key}@{self.due_at.isoformat()}:{event_type}:{ordinal}")
 
 
-# Handlers get every due timer of their kind in one batch, inside the runner's transaction.
+# Handlers get every due timer of their kind in one batch, inside the runner's transaction. A
+# handler that locks rows before it decides (an incident's state) also offers them as a method
+# `lock(session, timers: list[Timer])`, which the runner calls (once per distinct method) with the
+# due timers before it claims them: see the module's docstring.
 TimerHandler = Callable[[AsyncSession, list[FiredTimer]], Awaitable[None]]
+TimerLock = Callable[[AsyncSession, list[Timer]], Awaitable[None]]
 
 
 def _utc(when: datetime) -> datetime:
@@ -135,7 +150,7 @@ def _wake_runners(due_at: datetime) -> None:
 
 class TimerRunner:
     """Fires due timers: claims a batch, calls each kind's handler, commits; sleeps until the next
-    due time. Several replicas share the work through SKIP LOCKED."""
+    due time. Several replicas share the work (see TIMER_LOCKS)."""
 
     def __init__(
         self,
@@ -185,24 +200,37 @@ class TimerRunner:
         many fired. Tests call this directly with a ManualClock's time."""
         total = 0
         while True:
-            fired = await self._fire_batch(now or self.clock.now())
+            fired, more = await self._fire_batch(now or self.clock.now())
             total += fired
-            if fired < self.batch_size:
+            if not more:
                 return total
 
-    async def _fire_batch(self, now: datetime) -> int:
+    async def _fire_batch(self, now: datetime) -> tuple[int, bool]:
+        """Fire a batch of due timers; returns how many fired, and whether more may be due."""
         async with self.sessionmaker() as session, session.begin():
             t = timers_table.c
-            due = sa.select(t.key).where(t.fire_at <= now).order_by(t.fire_at)
+            # The earliest due timers that no other runner is firing. Runners tell each other with
+            # advisory locks, not row locks: a consumer cancelling a timer never waits for those.
+            # The inner limit bounds how many are tried (a runner skips what the others hold).
+            earliest = sa.select(t.key, t.due_at, t.data).where(t.fire_at <= now).order_by(t.fire_at)
+            head = earliest.limit(self.batch_size * RUNNERS_SKIPPED).subquery()
+            mine = sa.func.pg_try_advisory_xact_lock(TIMER_LOCKS, sa.func.hashtext(head.c.key))
+            due = (await session.execute(sa.select(head).where(mine).limit(self.batch_size))).all()
+            if not due:
+                return 0, False
+            await self._lock_first(session, [Timer(r.key, r.due_at, r.data) for r in due])
+            # Whatever a consumer cancelled or moved meanwhile is gone or no longer due; what
+            # another runner holds is skipped.
+            claiming = sa.select(t.key).where(t.key.in_([r.key for r in due]), t.fire_at <= now)
             claimed = (
                 await session.execute(
                     sa.delete(timers_table)
-                    .where(timers_table.c.key.in_(due.limit(self.batch_size).with_for_update(skip_locked=True)))
+                    .where(t.key.in_(claiming.with_for_update(skip_locked=True)))
                     .returning(t.key, t.due_at, t.data, t.attempts)
                 )
             ).all()
             if not claimed:
-                return 0
+                return 0, False
             fired_at = self.clock.now()
             by_kind: dict[str, list[FiredTimer]] = {}
             attempts: dict[str, int] = {}
@@ -214,7 +242,17 @@ class TimerRunner:
             for timer in claimed:
                 metrics.TIMER_FIRE_LAG.labels(self.service).observe(max((fired_at - timer.due_at).total_seconds(), 0))
             metrics.TIMERS_FIRED.labels(self.service).inc(len(claimed))
-            return len(claimed)
+            return len(claimed), len(due) >= self.batch_size
+
+    async def _lock_first(self, session: AsyncSession, due: list[Timer]) -> None:
+        """Call each handler's `lock` with its due timers, before they are claimed."""
+        by_lock: dict[TimerLock, list[Timer]] = {}
+        for timer in due:
+            lock = getattr(self.handlers.get(kind_of(timer.key)), "lock", None)
+            if lock is not None:
+                by_lock.setdefault(lock, []).append(timer)  # bound methods of one handler are equal
+        for lock, timers in by_lock.items():
+            await lock(session, timers)
 
     async def _handle(
         self, session: AsyncSession, kind: str, batch: list[FiredTimer], attempts: dict[str, int]

@@ -3,6 +3,7 @@ events staged with derived ids, timers staged by decisions, timers and commands 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass, replace
@@ -22,7 +23,7 @@ from opsledger.db import driver_connection, make_engine, make_sessionmaker, outb
 from opsledger.events import Envelope, EventPayload, Stream, event, new_event, registry
 from opsledger.settings import ServiceSettings
 from opsledger.stage import Decider, Decision, Stage
-from opsledger.testing import TestInfra
+from opsledger.testing import TestInfra, eventually
 from opsledger.timers import FiredTimer, Timer
 from opsledger.uow import UnitOfWork, unit_of_work
 
@@ -186,6 +187,35 @@ async def test_timers_and_commands_run_through_the_same_decisions(engine: AsyncE
         async with unit_of_work(sessionmaker, outbox, clock) as uow:
             await stage.execute(uow, uuid.uuid4(), reset_to(1), actor="user:alice", correlation_id=None)
     assert len(await staged(engine)) == 4  # the refused command wrote nothing
+
+
+@pytest.mark.integration
+async def test_a_timer_cancelled_while_it_falls_due_neither_deadlocks_nor_fires(engine: AsyncEngine) -> None:
+    """A consumer batch locks its incident, then cancels the incident's timer. The runner, firing
+    that timer meanwhile, takes the incident first too: it waits for the batch and finds the timer
+    gone. (When it claimed the timer first, the two deadlocked: PostgreSQL broke it after a second,
+    and a runner picked as the victim put the cancelled timer back as a retry.)"""
+    stage = make_stage([])
+    a = uuid.uuid4()
+    sessionmaker, outbox, clock = make_sessionmaker(engine), Outbox(ServiceSettings()), ManualClock(T0)
+    async with unit_of_work(sessionmaker, outbox, clock) as uow:
+        await stage.handle(uow, [delivery(new_event(Pinged(n=7), producer="t", actor="t", incident_id=a))])
+    runner = timers.TimerRunner("stagetest", sessionmaker, stage.timer_handlers(outbox, clock), clock)
+
+    async def runner_waits_for_a_lock() -> bool:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        async with engine.connect() as conn:
+            return bool(await conn.scalar(sa.text(query)))
+
+    async with sessionmaker() as session, session.begin():
+        await session.execute(sa.select(tallies).where(tallies.c.incident_id == a).with_for_update())
+        firing = asyncio.create_task(runner.run_due(T0))
+        await eventually(runner_waits_for_a_lock, timeout=10, what="the runner waiting for the incident")
+        await timers.cancel(session, f"nudge:{a}")
+    assert await asyncio.wait_for(firing, 10) == 0
+    async with sessionmaker() as session:
+        assert await timers.pending(session) == {}
+    assert not [e for e in await staged(engine) if e.event_type == "StageNudged"]
 
 
 @pytest.mark.integration
