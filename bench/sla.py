@@ -104,7 +104,7 @@ async def seed_far(settings: Settings, count: int, compiled: policy.Policy) -> N
                         schedule.extend(d.schedule)
                     assert state is not None
                     states[incident_id] = state
-                await store.save(uow, states)
+                await store.save(uow, states, {})  # all new
                 await timers.schedule_many(uow.session, schedule)
     finally:
         await engine.dispose()

@@ -69,7 +69,10 @@ class ServiceSettings(BaseSettings):
     # consumer stops), not after every batch: the inbox absorbs what a restart delivers again.
     offset_commit_seconds: float = Field(default=1.0, ge=0)
     handler_max_attempts: int = Field(default=3, ge=1)
-    timer_batch_size: int = Field(default=500, ge=1)
+    # Each timer of a batch holds an advisory lock until the batch commits (how runners share the
+    # work): PostgreSQL's lock table (max_locks_per_transaction x connections: 6,400 by default)
+    # bounds it.
+    timer_batch_size: int = Field(default=500, ge=1, le=2000)
     # The longest the timer runner sleeps without looking (a timer scheduled by this process
     # wakes it at once; this bounds the wait for one scheduled elsewhere).
     timer_max_idle_seconds: float = Field(default=5.0, gt=0)

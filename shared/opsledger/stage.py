@@ -110,12 +110,19 @@ class _StageTimers:
     clock: Clock
 
     async def __call__(self, session: AsyncSession, timers: list[FiredTimer]) -> None:
+        # What `lock` read is still what the database holds (locked since), but only until a
+        # handler call changes it: the first call takes it.
+        read = session.info.pop((_LOCKED_READ, id(self)), None)
         async with joined(session, self.outbox, self.clock.now()) as uow:
-            await self.stage.fire(uow, timers)
+            await self.stage.fire(uow, timers, read)
 
     async def lock(self, session: AsyncSession, timers: list[Timer]) -> None:
         async with joined(session, self.outbox, self.clock.now()) as uow:
-            await self.stage._read(uow, {uuid.UUID(str(t.data["incident_id"])) for t in timers})
+            read = await self.stage._read(uow, {uuid.UUID(str(t.data["incident_id"])) for t in timers})
+        session.info[(_LOCKED_READ, id(self))] = read
+
+
+_LOCKED_READ = "opsledger.stage.locked-read"
 
 
 # A command from a person or an integration: a pure function of the state and the context.
@@ -189,9 +196,14 @@ class Stage(Generic[S, C]):
         handler = _StageTimers(self, outbox, clock)
         return {kind: handler for kind in self.decider.timer_kinds}
 
-    async def fire(self, uow: UnitOfWork, timers: Sequence[FiredTimer]) -> None:
+    async def fire(
+        self, uow: UnitOfWork, timers: Sequence[FiredTimer], read: tuple[dict[uuid.UUID, S], C] | None = None
+    ) -> None:
+        """Decide the fired timers. `read`: their incidents' states (and the context) as read and
+        locked in this transaction already, and not changed since (more incidents are no harm)."""
         ids = {uuid.UUID(str(t.data["incident_id"])) for t in timers}
-        states, context = await self._read(uow, ids)
+        states, context = read if read is not None else await self._read(uow, ids)
+        states = {i: state for i, state in states.items() if i in ids}
         loaded = dict(states)
         changed: dict[uuid.UUID, S] = {}
         for timer in timers:

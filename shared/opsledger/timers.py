@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -221,7 +222,8 @@ class TimerRunner:
             await self._lock_first(session, [Timer(r.key, r.due_at, r.data) for r in due])
             # Whatever a consumer cancelled or moved meanwhile is gone or no longer due; what
             # another runner holds is skipped.
-            claiming = sa.select(t.key).where(t.key.in_([r.key for r in due]), t.fire_at <= now)
+            keys = sa.literal([r.key for r in due], type_=postgresql.ARRAY(sa.Text))  # one parameter
+            claiming = sa.select(t.key).where(t.key == sa.any_(keys), t.fire_at <= now)
             claimed = (
                 await session.execute(
                     sa.delete(timers_table)
