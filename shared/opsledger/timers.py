@@ -13,9 +13,10 @@ batch locks its incidents and then cancels or moves their timers; a handler with
 (`TimerHandler`) has it called before the runner claims the timers, so a timer cancelled while it
 falls due is either fired before the cancel or found gone, never a deadlock between the two (which
 PostgreSQL broke after a second, and which could put a cancelled timer back as a retry). Runners
-share the due timers by advisory locks on their keys, taken before anything else. Events a timer causes get ids
-derived from the timer's key and due time (`FiredTimer.event_id`), so even a re-derivation yields
-the same event.
+share the due timers by advisory locks on their keys, taken before anything else.
+
+Events a timer causes get ids derived from the timer's key and due time (`FiredTimer.event_id`),
+so even a re-derivation yields the same event.
 
 The runner sleeps until the earliest due time (capped), and a timer scheduled earlier than that
 in this process wakes it on commit, so nothing is polled for blindly."""
