@@ -248,25 +248,10 @@ def _acknowledge(state: AlertState, signal: AlertSignal, now: datetime) -> Outco
 def _correlated(state: AlertState, signal: AlertSignal) -> AlertCorrelated:
     assert state.first_seen is not None and state.last_seen is not None
     return AlertCorrelated(
-        source=signal.source,
-        integration_id=signal.integration_id,
-        dedup_key=signal.dedup_key,
+        **_told(signal),
         occurrence_count=max(state.occurrence_count, 2),
         first_seen=state.first_seen,
         last_seen=state.last_seen,
-        severity=signal.severity,
-        source_severity=signal.source_severity,
-        title=signal.title,
-        labels=dict(signal.labels),
-        raw=dict(signal.raw),
-        integration_name=signal.integration_name,
-        occurred_at=signal.occurred_at,
-        description=signal.description,
-        service=signal.service,
-        environment=signal.environment,
-        component=signal.component,
-        annotations=dict(signal.annotations),
-        links=list(signal.links),
     )
 
 
@@ -305,25 +290,29 @@ def _flapping(state: AlertState, signal: AlertSignal, policy: FlapPolicy) -> Ale
 
 
 def logged(signal: AlertSignal, *, received_at: datetime) -> IncidentLogged:
-    return IncidentLogged(
-        source=signal.source,
-        integration_id=signal.integration_id,
-        integration_name=signal.integration_name,
-        occurred_at=signal.occurred_at,
-        received_at=received_at,
-        title=signal.title,
-        description=signal.description,
-        service=signal.service,
-        environment=signal.environment,
-        component=signal.component,
-        labels=dict(signal.labels),
-        annotations=dict(signal.annotations),
-        severity=signal.severity,
-        source_severity=signal.source_severity,
-        dedup_key=signal.dedup_key,
-        links=list(signal.links),
-        raw=dict(signal.raw),
-    )
+    return IncidentLogged(**_told(signal), received_at=received_at)
+
+
+def _told(signal: AlertSignal) -> dict[str, Any]:
+    """What an alert tells, as IncidentLogged and AlertCorrelated (v2) both carry it."""
+    return {
+        "source": signal.source,
+        "integration_id": signal.integration_id,
+        "integration_name": signal.integration_name,
+        "occurred_at": signal.occurred_at,
+        "title": signal.title,
+        "description": signal.description,
+        "service": signal.service,
+        "environment": signal.environment,
+        "component": signal.component,
+        "labels": dict(signal.labels),
+        "annotations": dict(signal.annotations),
+        "severity": signal.severity,
+        "source_severity": signal.source_severity,
+        "dedup_key": signal.dedup_key,
+        "links": list(signal.links),
+        "raw": dict(signal.raw),
+    }
 
 
 @dataclass(frozen=True)

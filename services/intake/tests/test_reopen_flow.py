@@ -65,6 +65,19 @@ async def key_state(svc: Intake, dedup_key: str) -> dict[str, Any]:
     return dict(row)
 
 
+async def close_for_good(res: httpx.AsyncClient, svc: Intake, incident_id: str, dedup_key: str) -> None:
+    """Resolve and close the incident, and wait until intake has forgotten its key."""
+    for action, payload in (("resolve", {"code": "fixed", "root_cause": "bigger disk"}), ("close", {})):
+        done = await res.post(f"/v1/incidents/{incident_id}/{action}", json=payload, headers=RESPONDER)
+        assert done.status_code == 200, done.text
+
+    async def forgotten() -> bool:
+        row = await key_state(svc, dedup_key)
+        return row["status"] == "resolved" and row["reopenable_until"] is None
+
+    await eventually(forgotten, timeout=60, what="intake heard of the closure")
+
+
 async def resolution_events(svc: Intake, incident_id: str, event_type: str, count: int) -> list[Envelope]:
     async def check() -> list[Envelope]:
         found = [
@@ -115,15 +128,7 @@ async def test_resolve_then_refire_reopens_and_after_closure_a_new_incident_is_l
         assert (row["status"], row["reopenable_until"], str(row["incident_id"])) == ("firing", None, incident_id)
 
         # Resolved and closed for good: the next trigger is a new problem.
-        for action, payload in (("resolve", {"code": "fixed", "root_cause": "bigger disk"}), ("close", {})):
-            done = await res.post(f"/v1/incidents/{incident_id}/{action}", json=payload, headers=RESPONDER)
-            assert done.status_code == 200, done.text
-
-        async def forgotten() -> bool:
-            row = await key_state(svc, "db-1-disk")
-            return row["status"] == "resolved" and row["reopenable_until"] is None
-
-        await eventually(forgotten, timeout=60, what="intake heard of the closure")
+        await close_for_good(res, svc, incident_id, "db-1-disk")
         new = await svc.post("/v1/alerts", body)
         assert new.json()["action"] == "logged" and new.json()["incident_id"] != incident_id, new.text
         await state_of(res, new.json()["incident_id"], "logged")
@@ -179,15 +184,7 @@ async def test_an_alert_attached_to_an_incident_closed_meanwhile_opens_a_new_one
         assert first.status_code == 202 and first.json()["action"] == "logged", first.text
         closed_id = first.json()["incident_id"]
         await state_of(res, closed_id, "logged")
-        for action, payload in (("resolve", {"code": "fixed", "root_cause": "bigger disk"}), ("close", {})):
-            done = await res.post(f"/v1/incidents/{closed_id}/{action}", json=payload, headers=RESPONDER)
-            assert done.status_code == 200, done.text
-
-        async def forgotten() -> bool:
-            row = await key_state(svc, "db-2-disk")
-            return row["status"] == "resolved" and row["reopenable_until"] is None
-
-        await eventually(forgotten, timeout=60, what="intake heard of the closure")
+        await close_for_good(res, svc, closed_id, "db-2-disk")
         [logged] = [e for e in await svc.events() if e.event_type == "IncidentLogged"]
         racing = await publish_correlated(svc, logged, occurrence=2)
 
