@@ -36,7 +36,7 @@ from opsledger import migrations
 from opsledger.bus.consumer import EventConsumer
 from opsledger.bus.topics import ensure_topics
 from opsledger.db import make_engine, make_sessionmaker
-from opsledger.events import EventPayload, Stream, derived_event_id
+from opsledger.events import EventPayload, Stream, derived_event_id, registry
 from opsledger.events.assignment import (
     AcknowledgementChannel,
     EscalationCause,
@@ -68,6 +68,11 @@ SEVERITIES = ["critical", "high", "medium", "low", "info"]
 TEAMS = ["payments", "platform", "search", "data", "edge"]
 
 
+# What an AlertCorrelated (v2) repeats of the alert, as intake writes it.
+ALERT_TOLD = ("source", "integration_id", "dedup_key", "source_severity", "title", "labels", "raw", "occurred_at",
+              "description", "service", "environment", "component", "annotations")  # fmt: skip
+
+
 def typed(payload: EventPayload) -> dict[str, Any]:
     """A payload as its schema validates and serialises it."""
     return payload.model_dump(mode="json")
@@ -91,7 +96,7 @@ class Generator:
         return {
             "event_id": str(event_id),
             "event_type": kind,
-            "schema_version": 1,
+            "schema_version": registry.model(kind).schema_version,  # as the services write them today
             "incident_id": str(incident) if incident else None,
             "subject": subject,
             "occurred_at": _iso(at),
@@ -125,7 +130,7 @@ class Generator:
             "received_at": _iso(t), "title": f"{service} error rate high", "description": "bench",
             "service": service, "environment": "prod", "component": None, "labels": labels, "annotations": {},
             "severity": severity, "source_severity": severity, "dedup_key": dedup,
-            "raw": {"labels": labels, "startsAt": _iso(t)},
+            "raw": {"labels": labels, "startsAt": _iso(t)}, "reported_at": None,
         }, corr=dedup)  # fmt: skip
         events = [logged]
         priority = f"P{rng.randint(1, 5)}"
@@ -143,8 +148,9 @@ class Generator:
         repeats = min(int(rng.paretovariate(1.2)) - 1, 40)
         for n in range(repeats):
             events.append(self.envelope(incident, sid, "AlertCorrelated", later(rng.uniform(10, 120)), "intake", {
-                "source": source, "dedup_key": dedup, "occurrence_count": n + 2, "first_seen": logged["occurred_at"],
-                "last_seen": _iso(t), "severity": "critical" if n > 3 else severity, "labels": labels,
+                **{k: logged["payload"][k] for k in ALERT_TOLD}, "occurrence_count": n + 2,
+                "first_seen": logged["occurred_at"], "last_seen": _iso(t),
+                "severity": "critical" if n > 3 else severity,
             }, corr=dedup))  # fmt: skip
             if n == 3 and priority not in ("P1",):
                 previous, priority = priority, f"P{max(1, int(priority[1]) - 1)}"
