@@ -103,7 +103,7 @@ async def engine(infra: TestInfra, make_database: Callable[..., Any]) -> AsyncIt
     await e.dispose()
 
 
-def make_stage(saves: list[int]) -> Stage[Tally, int]:
+def make_stage(saves: list[int], reactions: Decider[Tally, int] = decider) -> Stage[Tally, int]:
     async def load(uow: UnitOfWork, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Tally]:
         rows = await uow.session.execute(sa.select(tallies).where(tallies.c.incident_id.in_(ids)).with_for_update())
         return {r.incident_id: Tally(r.count) for r in rows}
@@ -120,7 +120,7 @@ def make_stage(saves: list[int]) -> Stage[Tally, int]:
     async def limit(uow: UnitOfWork) -> int:
         return 5
 
-    return Stage("stagetest", decider, load=load, save=save, context=limit)
+    return Stage("stagetest", reactions, load=load, save=save, context=limit)
 
 
 def delivery(envelope: Envelope) -> Delivery:
@@ -216,6 +216,36 @@ async def test_a_timer_cancelled_while_it_falls_due_neither_deadlocks_nor_fires(
     async with sessionmaker() as session:
         assert await timers.pending(session) == {}
     assert not [e for e in await staged(engine) if e.event_type == "StageNudged"]
+
+
+@pytest.mark.integration
+async def test_timers_of_two_kinds_on_one_incident_each_see_what_the_other_did(engine: AsyncEngine) -> None:
+    """The runner calls a stage's handler once per kind. What the handler's lock read serves the
+    first call only: the second decides on what the first saved."""
+    arithmetic: Decider[Tally, int] = Decider()
+
+    @arithmetic.on_timer("double")
+    def on_double(state: Tally | None, timer: FiredTimer, limit: int) -> Decision[Tally]:
+        assert state is not None
+        return Decision(Tally(state.count * 2), [Counted(n=state.count * 2)])
+
+    @arithmetic.on_timer("inc")
+    def on_inc(state: Tally | None, timer: FiredTimer, limit: int) -> Decision[Tally]:
+        assert state is not None
+        return Decision(Tally(state.count + 1), [Counted(n=state.count + 1)])
+
+    stage = make_stage([], arithmetic)
+    a = uuid.uuid4()
+    sessionmaker, outbox, clock = make_sessionmaker(engine), Outbox(ServiceSettings()), ManualClock(T0)
+    async with unit_of_work(sessionmaker, outbox, clock) as uow:
+        await uow.session.execute(sa.insert(tallies).values(incident_id=a, count=3))
+        uow.schedule(*(Timer(f"{kind}:{a}", T0, {"incident_id": str(a)}) for kind in ("double", "inc")))
+    runner = timers.TimerRunner("stagetest", sessionmaker, stage.timer_handlers(outbox, clock), clock)
+    assert await runner.run_due(T0) == 2
+    # Fired in key order: doubled (6), then incremented from what the doubling saved (7, not 4).
+    assert [e.payload["n"] for e in await staged(engine) if e.event_type == "StageCounted"] == [6, 7]
+    async with engine.connect() as conn:
+        assert await conn.scalar(sa.select(tallies.c.count).where(tallies.c.incident_id == a)) == 7
 
 
 @pytest.mark.integration
