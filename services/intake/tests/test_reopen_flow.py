@@ -65,6 +65,16 @@ async def key_state(svc: Intake, dedup_key: str) -> dict[str, Any]:
     return dict(row)
 
 
+async def logged_in_both(svc: Intake, res: httpx.AsyncClient, dedup_key: str) -> tuple[dict[str, Any], str]:
+    """A generic alert posted to intake (body, incident id), once the resolution stage knows its incident."""
+    body = {**generic_alert(), "dedup_key": dedup_key}
+    first = await svc.post("/v1/alerts", body)
+    assert first.status_code == 202 and first.json()["action"] == "logged", first.text
+    incident_id: str = first.json()["incident_id"]
+    await state_of(res, incident_id, "logged")
+    return body, incident_id
+
+
 async def close_for_good(res: httpx.AsyncClient, svc: Intake, incident_id: str, dedup_key: str) -> None:
     """Resolve and close the incident, and wait until intake has forgotten its key."""
     for action, payload in (("resolve", {"code": "fixed", "root_cause": "bigger disk"}), ("close", {})):
@@ -95,11 +105,7 @@ async def test_resolve_then_refire_reopens_and_after_closure_a_new_incident_is_l
 ) -> None:
     settings = await make_settings(infra, make_database, topic_prefix)
     async with resolution(infra, make_database, topic_prefix) as res, intake(settings) as svc:
-        body = {**generic_alert(), "dedup_key": "db-1-disk"}
-        first = await svc.post("/v1/alerts", body)
-        assert first.status_code == 202 and first.json()["action"] == "logged", first.text
-        incident_id = first.json()["incident_id"]
-        await state_of(res, incident_id, "logged")
+        body, incident_id = await logged_in_both(svc, res, "db-1-disk")
 
         # A person resolves it while the alert still fires at its source.
         resolved = await res.post(
@@ -179,11 +185,7 @@ async def test_an_alert_attached_to_an_incident_closed_meanwhile_opens_a_new_one
     set up by publishing the AlertCorrelated such a trigger makes, once the incident is closed."""
     settings = await make_settings(infra, make_database, topic_prefix)
     async with resolution(infra, make_database, topic_prefix) as res, intake(settings) as svc:
-        body = {**generic_alert(), "dedup_key": "db-2-disk"}
-        first = await svc.post("/v1/alerts", body)
-        assert first.status_code == 202 and first.json()["action"] == "logged", first.text
-        closed_id = first.json()["incident_id"]
-        await state_of(res, closed_id, "logged")
+        body, closed_id = await logged_in_both(svc, res, "db-2-disk")
         await close_for_good(res, svc, closed_id, "db-2-disk")
         [logged] = [e for e in await svc.events() if e.event_type == "IncidentLogged"]
         racing = await publish_correlated(svc, logged, occurrence=2)
