@@ -44,9 +44,8 @@ def on_incident_event(runtime: IntakeRuntime) -> Handler:
         elif envelope.event_type == "IncidentReopened":
             await store.update_incident_states(session, incident_id, domain.reopened_downstream)
         elif envelope.event_type == REFUSED and isinstance(payload, CorrelationRefused):
-            policy = runtime.group_commit.policy
             conn = await driver_connection(session)
-            now = runtime.clock.now()
+            now, policy = runtime.clock.now(), runtime.flap_policy
             if await ingest.open_for_refused(conn, runtime.outbox, envelope, payload, now=now, policy=policy):
                 after_commit(session, runtime.outbox.wake)
 

@@ -32,10 +32,14 @@ class IntakeRuntime(Runtime[Settings]):
         return KeyCache(self.settings.integration_cache_seconds)
 
     @functools.cached_property
+    def flap_policy(self) -> FlapPolicy:
+        """When an alert counts as flapping (alert requests, and alerts the resolution stage refused)."""
+        return FlapPolicy(self.settings.flap_max_transitions, timedelta(minutes=self.settings.flap_window_minutes))
+
+    @functools.cached_property
     def group_commit(self) -> GroupCommit:
         """Where alert requests wait to share a transaction."""
-        flapping = FlapPolicy(self.settings.flap_max_transitions, timedelta(minutes=self.settings.flap_window_minutes))
-        return GroupCommit(self.settings, self.engine, self.outbox, self.clock, flapping)
+        return GroupCommit(self.settings, self.engine, self.outbox, self.clock, self.flap_policy)
 
 
 IntakeRuntimeDep = Annotated[IntakeRuntime, Depends(runtime_of)]
