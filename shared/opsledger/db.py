@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import asyncpg
 import orjson
@@ -111,7 +112,15 @@ async def _pooled(session: AsyncSession) -> tuple[AsyncConnection, PoolProxiedCo
 async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
     """The asyncpg connection under `session`, inside the session's transaction: for hot or
     set-based statements (unnest, COPY) that SQLAlchemy's per-statement work would slow down.
-    asyncpg prepares each statement once per connection and caches it."""
+    asyncpg prepares each statement once per connection and caches it. Writes held back by
+    `combined_writes` are sent first, so what the caller runs next sees them."""
+    held: CombinedWrites | None = session.info.get(_HELD_WRITES)
+    if held is not None:
+        await held.send()
+    return await _driver(session)
+
+
+async def _driver(session: AsyncSession) -> asyncpg.Connection:
     conn, fairy, begun = await _pooled(session)
     if not begun:
         await conn.exec_driver_sql("SELECT 1")
@@ -120,10 +129,119 @@ async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
     return driver
 
 
+class Executor(Protocol):
+    """What writes statements: an asyncpg connection, or `CombinedWrites` holding them back."""
+
+    async def execute(self, query: str, *args: Any) -> Any: ...
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]: ...
+
+
+# The table a write statement changes: its first INSERT INTO, UPDATE or DELETE FROM.
+_WRITE_TARGET = re.compile(r'\b(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+"?([A-Za-z_][A-Za-z0-9_]*)', re.IGNORECASE)
+_PARAMETER = re.compile(r"\$(\d+)")
+
+
+class CombinedWrites:
+    """Writes (statements whose result nobody reads) held back, then sent to PostgreSQL as one
+    statement, each a data-modifying WITH query of it: one round trip instead of one each. Under
+    load each round trip of a transaction is a wait for a PostgreSQL backend to get the CPU, on
+    every hop of the pipeline (one more per stage batch cost 3-9 ms of logged -> prioritized p50
+    at 200 alerts/s, measured).
+
+    The parts of one statement share its snapshot and cannot see each other's changes, so a write
+    to a table that a held write changes sends the held ones first, and so does a read (`fetch`).
+    Each held statement must read no table but its own target. Nothing is sent unless `send` is
+    called: the caller sends before committing."""
+
+    def __init__(self, conn: asyncpg.Connection | Callable[[], Awaitable[asyncpg.Connection]]) -> None:
+        self._conn = conn  # or how to get it, once there is something to send
+        self._held: list[tuple[str, tuple[Any, ...]]] = []
+        self._tables: set[str] = set()
+
+    async def _connection(self) -> asyncpg.Connection:
+        if not isinstance(self._conn, asyncpg.Connection):
+            self._conn = await self._conn()
+        return self._conn
+
+    async def execute(self, query: str, *args: Any) -> None:
+        target = _WRITE_TARGET.search(query)
+        if target is None or "$$" in query:  # not a write we can hold: in turn, now
+            await self.send()
+            await (await self._connection()).execute(query, *args)
+            return
+        if target[1].lower() in self._tables:
+            await self.send()
+        self._held.append((query, args))
+        self._tables.add(target[1].lower())
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
+        await self.send()
+        return list(await (await self._connection()).fetch(query, *args))
+
+    async def send(self) -> None:
+        held, self._held, self._tables = self._held, [], set()
+        if len(held) == 1:
+            await (await self._connection()).execute(held[0][0], *held[0][1])
+        elif held:
+            await (await self._connection()).execute(*combined_statement(held))
+
+
+def combined_statement(statements: Sequence[tuple[str, Sequence[Any]]]) -> tuple[Any, ...]:
+    """One statement running `statements` (SQL with $n parameters, and their values): each becomes
+    a WITH query, its parameters renumbered after those before it. PostgreSQL runs every
+    data-modifying WITH query to completion, read or not."""
+    parts: list[str] = []
+    values: list[Any] = []
+    for n, (query, args) in enumerate(statements):
+        parts.append(f"w{n} AS ({_PARAMETER.sub(functools.partial(_shifted, len(values)), query)})")
+        values.extend(args)
+    return ("WITH " + ", ".join(parts) + " SELECT", *values)
+
+
+def _shifted(offset: int, parameter: re.Match[str]) -> str:
+    return f"${int(parameter[1]) + offset}"
+
+
+_HELD_WRITES = "opsledger.db.held-writes"
+
+
+@contextlib.asynccontextmanager
+async def combined_writes(session: AsyncSession) -> AsyncIterator[None]:
+    """Within the block, writes made through `execute_write` (write_rows, timers, the outbox) in
+    the session's transaction reach PostgreSQL as one statement when the block ends (see
+    `CombinedWrites`); any statement run through `driver_connection` or `driver_fetch` sends them
+    first. Statements run through the session itself do not: keep reads of the tables written
+    out of the block. Nested blocks are the outer one. If the block raises, what it held is
+    dropped with the transaction it was meant for."""
+    if _HELD_WRITES in session.info:
+        yield
+        return
+    held = session.info[_HELD_WRITES] = CombinedWrites(functools.partial(_driver, session))
+    try:
+        yield
+        await held.send()
+    finally:
+        session.info.pop(_HELD_WRITES, None)
+
+
+async def execute_write(session: AsyncSession, query: str, *args: Any) -> None:
+    """Run a write (its result unread) in the session's transaction, or hold it back for the
+    `combined_writes` block around it."""
+    held: CombinedWrites | None = session.info.get(_HELD_WRITES)
+    if held is not None:
+        await held.execute(query, *args)
+    else:
+        await (await _driver(session)).execute(query, *args)
+
+
 async def driver_fetch(session: AsyncSession, query: str, *args: Any) -> list[Sequence[Any]]:
     """The rows of `query` (parameters $1, $2...) in the session's transaction: on the driver
     connection, or, when it is the transaction's first statement, through SQLAlchemy, which begins
     the transaction with it (`driver_connection` would spend a round trip on SELECT 1 first)."""
+    held: CombinedWrites | None = session.info.get(_HELD_WRITES)
+    if held is not None:
+        await held.send()
     conn, fairy, begun = await _pooled(session)
     if not begun:
         return list((await conn.exec_driver_sql(query, args)).all())
@@ -185,7 +303,7 @@ async def write_rows(
             sql_null = column_type.none_as_null
             values = [None if v is None and sql_null else orjson.dumps(v, option=_JSON).decode() for v in values]
         arrays.append(values)
-    await (await driver_connection(session)).execute(sql, *arrays)
+    await execute_write(session, sql, *arrays)
 
 
 _AFTER_COMMIT = "opsledger.after_commit"

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from opsledger.bus.consumer import ConsumerSpec, Delivery
 from opsledger.bus.outbox import Outbox
 from opsledger.clock import Clock
+from opsledger.db import combined_writes
 from opsledger.events.envelope import Envelope
 from opsledger.events.registry import EventPayload, new_event
 from opsledger.logs import log_context
@@ -113,7 +114,7 @@ class _StageTimers:
         # What `lock` read is still what the database holds (locked since), but only until a
         # handler call changes it: the first call takes it.
         read = session.info.pop((_LOCKED_READ, id(self)), None)
-        async with joined(session, self.outbox, self.clock.now()) as uow:
+        async with combined_writes(session), joined(session, self.outbox, self.clock.now()) as uow:
             await self.stage.fire(uow, timers, read)
 
     async def lock(self, session: AsyncSession, timers: list[Timer]) -> None:
@@ -182,7 +183,8 @@ class Stage(Generic[S, C]):
         """A consumer spec subscribed to exactly the decider's event types."""
 
         async def batch(session: AsyncSession, deliveries: list[Delivery]) -> None:
-            async with joined(session, outbox, clock.now()) as uow:
+            # The states saved, the events and the timers: one statement (see combined_writes).
+            async with combined_writes(session), joined(session, outbox, clock.now()) as uow:
                 await self.handle(uow, deliveries)
 
         return ConsumerSpec(

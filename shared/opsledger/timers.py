@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from opsledger import metrics, retry
 from opsledger.clock import Clock
-from opsledger.db import DATABASE_UNAVAILABLE, after_commit, driver_connection, timers_table, write_rows
+from opsledger.db import DATABASE_UNAVAILABLE, after_commit, execute_write, timers_table, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ async def schedule_many(session: AsyncSession, items: Sequence[Timer]) -> None:
 async def cancel(session: AsyncSession, *keys: str) -> None:
     """Cancel timers in the caller's transaction (an unknown key is no error)."""
     if keys:
-        await (await driver_connection(session)).execute("DELETE FROM timers WHERE key = ANY($1::text[])", list(keys))
+        await execute_write(session, "DELETE FROM timers WHERE key = ANY($1::text[])", list(keys))
 
 
 async def pending(session: AsyncSession, prefix: str = "") -> dict[str, datetime]:

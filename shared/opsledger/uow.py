@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from opsledger import timers
 from opsledger.bus.outbox import Outbox
 from opsledger.clock import Clock
+from opsledger.db import combined_writes
 from opsledger.events.envelope import Envelope
 
 
@@ -47,12 +48,13 @@ class UnitOfWork:
             self.timer_changes[key] = None
 
     async def flush(self) -> None:
-        """Write the staged timers and events now (done for you before commit)."""
+        """Write the staged timers and events now (done for you before commit), in one statement."""
         changes, self.timer_changes = self.timer_changes, {}
-        await timers.cancel(self.session, *(key for key, t in changes.items() if t is None))
-        await timers.schedule_many(self.session, [t for t in changes.values() if t is not None])
         staged, self.staged = self.staged, []
-        await self.outbox.add(self.session, staged)
+        async with combined_writes(self.session):
+            await timers.cancel(self.session, *(key for key, t in changes.items() if t is None))
+            await timers.schedule_many(self.session, [t for t in changes.values() if t is not None])
+            await self.outbox.add(self.session, staged)
 
 
 @contextlib.asynccontextmanager

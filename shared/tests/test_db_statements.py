@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from opsledger.db import driver_fetch, make_sessionmaker, write_rows
+from opsledger.db import combined_writes, driver_fetch, execute_write, make_sessionmaker, write_rows
 
 pytestmark = pytest.mark.integration
 
@@ -91,3 +91,41 @@ async def test_driver_fetch_runs_in_the_sessions_transaction_first_or_not(make_d
         kept = list((await conn.execute(sa.text("SELECT n FROM marks ORDER BY n"))).scalars())
     await engine.dispose()
     assert kept == [4, 5]
+
+
+async def test_held_writes_go_as_one_statement_until_a_table_repeats_or_a_read_comes(
+    make_database: Callable[..., Any],
+) -> None:
+    """Each row notes the statement that wrote it (statement_timestamp() differs between two)."""
+    engine = create_async_engine(await make_database())
+    async with engine.begin() as conn:
+        for table in ("notes", "pins"):
+            columns = "n int, s text, at timestamptz DEFAULT statement_timestamp()"
+            await conn.execute(sa.text(f"CREATE TABLE {table} ({columns})"))
+    sessions = make_sessionmaker(engine)
+    note, pin = "INSERT INTO notes (n, s) VALUES ($1, $2)", "INSERT INTO pins (s, n) VALUES ($1, $2)"
+    async with sessions() as session, session.begin():
+        await driver_fetch(session, "SELECT 1")
+        async with combined_writes(session):
+            await execute_write(session, note, 1, "a")
+            await execute_write(session, pin, "b", 2)  # its $1 and $2 follow the note's
+            await execute_write(session, note, 3, "c")  # notes again: the two above go first
+            await execute_write(session, pin, "d", 4)
+            seen = [r[0] for r in await driver_fetch(session, "SELECT n FROM notes UNION ALL SELECT n FROM pins")]
+            async with combined_writes(session):  # nested: the outer block's
+                await execute_write(session, note, 5, "e")
+            await execute_write(session, pin, "f", 6)  # both sent when the outer block ends
+        with pytest.raises(RuntimeError):
+            async with combined_writes(session):
+                await execute_write(session, note, 7, "g")
+                raise RuntimeError("the unit fails")
+    async with engine.connect() as conn:
+        rows = (await conn.execute(sa.text("SELECT n, s, at FROM notes UNION ALL SELECT n, s, at FROM pins"))).all()
+    await engine.dispose()
+    assert sorted(seen) == [1, 2, 3, 4], "a read sends what is held first"
+    written = {n: (s, at) for n, s, at in rows}
+    assert {n: s for n, (s, _) in written.items()} == {1: "a", 2: "b", 3: "c", 4: "d", 5: "e", 6: "f"}, (
+        "each parameter lands where its own statement put it; a block that raised sends nothing"
+    )
+    statement = {n: at for n, (_, at) in written.items()}
+    assert statement[1] == statement[2] != statement[3] == statement[4] != statement[5] == statement[6]

@@ -19,7 +19,7 @@ from opsledger import migrations, timers
 from opsledger.bus.consumer import Delivery
 from opsledger.bus.outbox import Outbox
 from opsledger.clock import ManualClock
-from opsledger.db import driver_connection, make_engine, make_sessionmaker, outbox_table
+from opsledger.db import driver_connection, make_engine, make_sessionmaker, outbox_table, write_rows
 from opsledger.events import Envelope, EventPayload, Stream, event, new_event, registry
 from opsledger.settings import ServiceSettings
 from opsledger.stage import Decider, Decision, Stage
@@ -325,3 +325,39 @@ async def test_a_stage_may_read_states_and_context_in_one_go(engine: AsyncEngine
     async with unit_of_work(sessionmaker, outbox, clock) as uow:
         state, _ = await stage.execute(uow, b, lambda state, limit: Decision(Tally(limit)), actor="user:alice")
     assert reads[-1] == {b} and state == Tally(2)
+
+
+@pytest.mark.integration
+async def test_a_consumed_batch_writes_its_states_events_and_timers_in_one_statement(engine: AsyncEngine) -> None:
+    """Every statement that writes one of the three tables notes its statement_timestamp(), which
+    differs between two statements: one round trip for the lot, not one a table."""
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql("CREATE TABLE writes (target text, statement timestamptz)")
+        await conn.exec_driver_sql(
+            "CREATE FUNCTION note_write() RETURNS trigger LANGUAGE plpgsql AS"
+            " 'BEGIN INSERT INTO writes VALUES (TG_TABLE_NAME, statement_timestamp()); RETURN NULL; END'"
+        )
+        for table in ("tallies", "timers", "outbox"):
+            await conn.exec_driver_sql(
+                f"CREATE TRIGGER note_write AFTER INSERT OR UPDATE OR DELETE ON {table}"
+                " FOR EACH STATEMENT EXECUTE FUNCTION note_write()"
+            )
+
+    async def save(uow: UnitOfWork, changed: dict[uuid.UUID, Tally], loaded: Mapping[uuid.UUID, Tally]) -> None:
+        rows = [{"incident_id": k, "count": v.count} for k, v in changed.items()]
+        await write_rows(uow.session, tallies, rows, key=["incident_id"], update=["count"])
+
+    plain = make_stage([])
+    stage = Stage("stagetest", decider, save=save, load=plain.load, context=plain.context)
+    spec = stage.consumer("incidents", ["t"], Outbox(ServiceSettings()), ManualClock(T0))
+    assert spec.batch_handler is not None
+    a = uuid.uuid4()
+    pings = [new_event(Pinged(n=n), producer="t", actor="t", incident_id=a) for n in (2, 4)]
+    async with make_sessionmaker(engine)() as session, session.begin():
+        await spec.batch_handler(session, [delivery(p) for p in pings])
+    async with engine.connect() as conn:
+        written = (await conn.execute(sa.text("SELECT target, statement FROM writes"))).all()
+        assert (await conn.execute(sa.text("SELECT count FROM tallies"))).scalar_one() == 6
+    assert {t for t, _ in written} == {"outbox", "tallies", "timers"}  # an upsert notes INSERT and UPDATE
+    assert len({s for _, s in written}) == 1, written
+    assert [e.payload["n"] for e in await staged(engine)] == [2, 6]

@@ -30,7 +30,7 @@ from intake.domain import (
 from intake.errors import FieldError, Rejected
 from intake.integration_keys import PRODUCER, Integration
 from opsledger.bus.outbox import Outbox
-from opsledger.db import driver_connection
+from opsledger.db import CombinedWrites, driver_connection
 from opsledger.events import Envelope, EventPayload, derived_event_id, new_event
 from opsledger.events.resolution import CorrelationRefused
 
@@ -123,11 +123,13 @@ async def apply_alerts(
                 )
             results.append(Result(signal.dedup_key, outcome.action, outcome.incident_id))
         answers.append(results)
+    writes = CombinedWrites(conn)  # one statement for the three tables (one round trip)
     for scope in sorted(keys):
         changed = {k: st for (sc, k), st in states.items() if sc == scope and st != before[(sc, k)]}
-        await store.save_states(conn, scope, changed)
-    await store.record_incidents(conn, opened)
-    await outbox.stage(conn, envelopes)
+        await store.save_states(writes, scope, changed)
+    await store.record_incidents(writes, opened)
+    await outbox.stage(writes, envelopes)
+    await writes.send()
     return answers
 
 

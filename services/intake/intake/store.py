@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from intake.domain import AlertState, Status
-from opsledger.db import driver_connection
+from opsledger.db import Executor, driver_connection
 
 metadata = sa.MetaData()
 
@@ -123,7 +123,7 @@ async def lock_states(conn: asyncpg.Connection, scope: str, keys: Sequence[str])
     return {r["dedup_key"]: _state(r) for r in rows}
 
 
-async def save_states(conn: asyncpg.Connection, scope: str, states: dict[str, AlertState]) -> None:
+async def save_states(conn: Executor, scope: str, states: dict[str, AlertState]) -> None:
     """Write the states of keys locked by `lock_states` in this transaction (one statement)."""
     if not states:
         return
@@ -159,7 +159,7 @@ class LoggedIncident:
     logged_at: datetime
 
 
-async def record_incidents(conn: asyncpg.Connection, incidents: Sequence[LoggedIncident]) -> None:
+async def record_incidents(conn: Executor, incidents: Sequence[LoggedIncident]) -> None:
     if incidents:
         await conn.execute(
             _RECORD_INCIDENTS,

@@ -25,7 +25,7 @@ from opsledger import metrics, retry
 from opsledger.bus.deadletter import DeadLetter, send_dead_letters
 from opsledger.bus.producer import EVENT_TYPE_HEADER, Message, send_all
 from opsledger.bus.topics import MAX_EVENT_BYTES
-from opsledger.db import after_commit, driver_connection, pooled_driver
+from opsledger.db import Executor, after_commit, driver_connection, execute_write, pooled_driver
 from opsledger.events.envelope import Envelope
 from opsledger.events.registry import registry
 from opsledger.lease import ACQUIRE_SQL, Lease
@@ -130,14 +130,17 @@ class Outbox:
         """Stage events in the caller's transaction. An event id already staged is skipped, which
         is what makes re-deriving an event (same deterministic id) harmless."""
         if envelopes:
-            await self.stage(await driver_connection(session), envelopes)
+            await execute_write(session, *self._staging(envelopes))
             after_commit(session, self.wake)
 
-    async def stage(self, conn: asyncpg.Connection, envelopes: Sequence[Envelope]) -> None:
+    async def stage(self, conn: Executor, envelopes: Sequence[Envelope]) -> None:
         """`add` on a driver connection whose transaction the caller runs: it calls `wake` once
         that transaction has committed. One statement, prepared once, whatever the count."""
-        if not envelopes:
-            return
+        if envelopes:
+            await conn.execute(*self._staging(envelopes))
+
+    def _staging(self, envelopes: Sequence[Envelope]) -> tuple[Any, ...]:
+        """The statement that stages `envelopes`, and its parameters."""
         ids, topics, keys, values, types = [], [], [], [], []
         for e in envelopes:
             value = e.to_bytes()
@@ -148,7 +151,7 @@ class Outbox:
             keys.append(e.key)
             values.append(value)
             types.append(e.event_type)
-        await conn.execute(_STAGE, ids, topics, keys, values, types)
+        return _STAGE, ids, topics, keys, values, types
 
     def wake(self) -> None:
         """Tell the relay in this process there is something new (`add` does, on commit)."""
