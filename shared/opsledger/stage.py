@@ -183,7 +183,7 @@ class Stage(Generic[S, C]):
         """A consumer spec subscribed to exactly the decider's event types."""
 
         async def batch(session: AsyncSession, deliveries: list[Delivery]) -> None:
-            # The states saved, the events and the timers: one statement (see combined_writes).
+            # The states saved, the events and the timers go together (see combined_writes).
             async with combined_writes(session), joined(session, outbox, clock.now()) as uow:
                 await self.handle(uow, deliveries)
 

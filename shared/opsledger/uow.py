@@ -48,7 +48,8 @@ class UnitOfWork:
             self.timer_changes[key] = None
 
     async def flush(self) -> None:
-        """Write the staged timers and events now (done for you before commit), in one statement."""
+        """Write the staged timers and events now (done for you before commit): one statement, or
+        two when timers are both cancelled and scheduled (one table twice, see combined_writes)."""
         changes, self.timer_changes = self.timer_changes, {}
         staged, self.staged = self.staged, []
         async with combined_writes(self.session):
