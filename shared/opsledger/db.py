@@ -151,8 +151,9 @@ class CombinedWrites:
 
     The parts of one statement share its snapshot and cannot see each other's changes, so a write
     to a table that a held write changes sends the held ones first, and so does a read (`fetch`).
-    Each held statement must read no table but its own target. Nothing is sent unless `send` is
-    called: the caller sends before committing."""
+    Each held statement must read no table but its own target. One that cannot be held (with no
+    INSERT, UPDATE or DELETE, or with a WITH query that writes) is sent in turn. Nothing is sent
+    unless `send` is called: the caller sends before committing."""
 
     def __init__(self, conn: asyncpg.Connection | Callable[[], Awaitable[asyncpg.Connection]]) -> None:
         self._conn = conn  # or how to get it, once there is something to send
@@ -166,7 +167,7 @@ class CombinedWrites:
 
     async def execute(self, query: str, *args: Any) -> None:
         target = _WRITE_TARGET.search(query)
-        if target is None or "$$" in query:  # not a write we can hold: in turn, now
+        if target is None or "$$" in query or _writes_in_with(query):  # not one we can hold: in turn, now
             await self.send()
             await (await self._connection()).execute(query, *args)
             return
@@ -185,6 +186,12 @@ class CombinedWrites:
             await (await self._connection()).execute(held[0][0], *held[0][1])
         elif held:
             await (await self._connection()).execute(*combined_statement(held))
+
+
+def _writes_in_with(query: str) -> bool:
+    """Whether `query` has a WITH query that writes: PostgreSQL takes those only at the top level,
+    never inside another WITH query."""
+    return query.lstrip()[:4].upper() == "WITH" and len(_WRITE_TARGET.findall(query)) > 1
 
 
 def combined_statement(statements: Sequence[tuple[str, Sequence[Any]]]) -> tuple[Any, ...]:

@@ -114,6 +114,9 @@ async def test_held_writes_go_as_one_statement_until_a_table_repeats_or_a_read_c
             seen = [r[0] for r in await driver_fetch(session, "SELECT n FROM notes UNION ALL SELECT n FROM pins")]
             async with combined_writes(session):  # nested: the outer block's
                 await execute_write(session, note, 5, "e")
+            # A WITH query that writes cannot sit inside another: it goes in turn, after what is held.
+            two_writes = "WITH x AS (DELETE FROM pins WHERE n = $1) DELETE FROM notes WHERE n = $2"
+            await execute_write(session, two_writes, 0, 0)
             await execute_write(session, pin, "f", 6)  # both sent when the outer block ends
         with pytest.raises(RuntimeError):
             async with combined_writes(session):
@@ -128,4 +131,4 @@ async def test_held_writes_go_as_one_statement_until_a_table_repeats_or_a_read_c
         "each parameter lands where its own statement put it; a block that raised sends nothing"
     )
     statement = {n: at for n, (_, at) in written.items()}
-    assert statement[1] == statement[2] != statement[3] == statement[4] != statement[5] == statement[6]
+    assert statement[1] == statement[2] != statement[3] == statement[4] != statement[5] != statement[6]
