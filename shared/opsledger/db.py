@@ -29,6 +29,7 @@ def make_engine(settings: ServiceSettings) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
         pool_pre_ping=settings.db_pool_pre_ping,
+        connect_args={"server_settings": {"plan_cache_mode": settings.db_plan_cache_mode}},
         # JSON columns (a stage's incident states, timers' data) through orjson, not the standard
         # library: a state of 2 kB decodes in 4 µs instead of 9, and every batch reads its states.
         json_serializer=_json_text,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -11,6 +11,9 @@ from opsledger.events.registry import Stream
 
 # The JWT algorithms a service may accept: public-key signatures only.
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+
+
+PlanCacheMode = Literal["auto", "force_custom_plan", "force_generic_plan"]
 
 
 class ServiceSettings(BaseSettings):
@@ -27,6 +30,8 @@ class ServiceSettings(BaseSettings):
     # cost (db.make_engine). This adds SQLAlchemy's ping, three round trips per checkout: only for
     # a network that can drop connections silently.
     db_pool_pre_ping: bool = False
+    # PostgreSQL's plan_cache_mode on the service's connections (`auto`: its default).
+    db_plan_cache_mode: PlanCacheMode = "auto"
     kafka_bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = "opsledger"
     topic_partitions: int = Field(default=6, ge=1)
