@@ -167,15 +167,15 @@ class CombinedWrites:
         return self._conn
 
     async def execute(self, query: str, *args: Any) -> None:
-        target = _WRITE_TARGET.search(query)
-        if target is None or "$$" in query or _writes_in_with(query):  # not one we can hold: in turn, now
+        table = _held_target(query)
+        if table is None:  # not a write we can hold: in turn, now
             await self.send()
             await (await self._connection()).execute(query, *args)
             return
-        if target[1].lower() in self._tables:
+        if table in self._tables:
             await self.send()
         self._held.append((query, args))
-        self._tables.add(target[1].lower())
+        self._tables.add(table)
 
     async def fetch(self, query: str, *args: Any) -> list[Any]:
         await self.send()
@@ -189,10 +189,14 @@ class CombinedWrites:
             await (await self._connection()).execute(*combined_statement(held))
 
 
-def _writes_in_with(query: str) -> bool:
-    """Whether `query` has a WITH query that writes: PostgreSQL takes those only at the top level,
-    never inside another WITH query."""
-    return query.lstrip()[:4].upper() == "WITH" and len(_WRITE_TARGET.findall(query)) > 1
+@functools.lru_cache(maxsize=512)  # a service's statements are a few constant strings
+def _held_target(query: str) -> str | None:
+    """The table a write changes, if `CombinedWrites` can hold it: not with `$$` quoting, nor with a
+    WITH query that writes (PostgreSQL takes those only at the top level, never inside another)."""
+    targets = _WRITE_TARGET.findall(query)
+    if not targets or "$$" in query or (query.lstrip()[:4].upper() == "WITH" and len(targets) > 1):
+        return None
+    return str(targets[0]).lower()
 
 
 def combined_statement(statements: Sequence[tuple[str, Sequence[Any]]]) -> tuple[Any, ...]:
