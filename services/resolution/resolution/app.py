@@ -44,6 +44,9 @@ def build(settings: Settings | None = None, clock: Clock | None = None) -> FastA
         if runtime.settings.demo:
             await demo.seed(runtime)
 
+    async def on_stop(runtime: ResolutionRuntime) -> None:
+        await runtime.resolution.webhooks.close()
+
     app = create_app(
         settings,
         title="OpsLedger resolution",
@@ -52,6 +55,7 @@ def build(settings: Settings | None = None, clock: Clock | None = None) -> FastA
         consumers=consumers,
         timers=timers,
         on_ready=on_ready,
+        on_stop=on_stop,
         clock=clock,
         runtime_type=ResolutionRuntime,
     )

@@ -44,6 +44,9 @@ class Settings(ServiceSettings):
     # A batch of emails goes over this many connections at once (one incident's on one, in order):
     # one connection sent about 100 a second while a storm kept the machine busy.
     smtp_connections: int = Field(default=4, ge=1, le=32)
+    # Those connections stay open between batches while idle for less than this (servers drop an
+    # idle client after a few minutes).
+    smtp_idle_seconds: float = Field(default=60.0, gt=0)
     # A link to the incident in notifications, e.g. "https://ops.example.com/incidents/{incident_id}".
     incident_link_template: str | None = None
     # Seed, once, an email subscription paging the demo team's assignee (`make up` sets

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import smtplib
 import ssl
 import time
 import uuid
@@ -29,13 +28,12 @@ from opsledger.clock import Clock
 from opsledger.events.resolution import ChannelKind, SubscriptionChanged
 from opsledger.timers import FiredTimer, Timer
 from opsledger.uow import UnitOfWork
-from resolution import notify, store
+from resolution import mailer, notify, store
 from resolution.domain import Incident
+from resolution.mailer import Mailer, Outcome
 from resolution.settings import Settings
 
 log = logging.getLogger(__name__)
-
-Outcome = tuple[int | None, str | None, float]  # status code, error (None: delivered), duration in ms
 
 
 class Webhooks:
@@ -44,11 +42,16 @@ class Webhooks:
     def __init__(self, settings: Settings, clock: Clock) -> None:
         self.settings, self.clock = settings, clock
         self._tls: ssl.SSLContext | None = None
+        self.mailer = Mailer(settings)
         self.retry = notify.RetryPolicy(
             max_attempts=settings.webhook_max_attempts,
             base=timedelta(seconds=settings.webhook_retry_base_seconds),
             cap=timedelta(seconds=settings.webhook_retry_max_seconds),
         )
+
+    async def close(self) -> None:
+        """Close the SMTP connections kept open between batches (at shutdown)."""
+        await self.mailer.close()
 
     async def stage(
         self, uow: UnitOfWork, deliveries: Sequence[Delivery], states: Mapping[uuid.UUID, Incident]
@@ -166,17 +169,15 @@ class Webhooks:
         try:
             response = await client.post(row.target, content=raw, headers=headers)
         except httpx.HTTPError as exc:
-            return None, _error(exc), _since(started)
+            return None, mailer.error(exc), mailer.since(started)
         elapsed = (time.perf_counter() - started) * 1000
         if 200 <= response.status_code < 300:
             return response.status_code, None, elapsed
         return response.status_code, f"the receiver answered {response.status_code}", elapsed
 
     async def _mail(self, rows: Sequence[Any], now: datetime) -> list[Outcome]:
-        """One attempt at each email, over up to `smtp_connections` SMTP connections at once, each
-        in a worker thread (smtplib: the event loop never blocks); one incident's emails share a
-        connection, in order. A message the server refuses fails alone; a connection that fails
-        fails its messages not sent yet."""
+        """One attempt at each email, over up to `smtp_connections` SMTP connections at once; one
+        incident's emails share a connection, in order."""
         s = self.settings
         if not rows:
             return []
@@ -186,7 +187,7 @@ class Webhooks:
         for i, row in enumerate(rows):
             groups.setdefault(hash(row.incident_id) % s.smtp_connections, []).append(i)
         sent = await asyncio.gather(
-            *(asyncio.to_thread(self._send_over_one, [self._message(rows[i], now) for i in g]) for g in groups.values())
+            *(self.mailer.send(slot, [self._message(rows[i], now) for i in g]) for slot, g in groups.items())
         )
         outcomes: list[Outcome] = [(None, "not sent", 0.0)] * len(rows)
         for g, results in zip(groups.values(), sent, strict=True):
@@ -203,31 +204,6 @@ class Webhooks:
         timeout = self.settings.webhook_timeout_seconds
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, verify=self._tls) as client:
             return list(await asyncio.gather(*(self._send(client, row, now) for row in rows)))
-
-    def _send_over_one(self, messages: list[MIMEText]) -> list[Outcome]:
-        """Send `messages` over one SMTP connection, in order (run in a worker thread)."""
-        s = self.settings
-        outcomes: list[Outcome] = []
-        started = time.perf_counter()
-        try:
-            with smtplib.SMTP(s.smtp_host or "", s.smtp_port, timeout=s.smtp_timeout_seconds) as smtp:
-                if s.smtp_starttls:
-                    smtp.starttls()
-                if s.smtp_username:
-                    smtp.login(s.smtp_username, s.smtp_password or "")
-                for message in messages:
-                    try:
-                        smtp.send_message(message)
-                    except (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
-                        outcomes.append((None, _error(exc), _since(started)))
-                    else:
-                        outcomes.append((250, None, _since(started)))
-                    started = time.perf_counter()
-        except (OSError, smtplib.SMTPException) as exc:
-            # The connection failed (or never opened): the messages not sent yet fail with it.
-            # One that went before it stays sent, even if saying goodbye failed afterwards.
-            outcomes.extend([(None, _error(exc), _since(started))] * (len(messages) - len(outcomes)))
-        return outcomes
 
     def _message(self, row: Any, now: datetime) -> MIMEText:
         s = self.settings
@@ -249,11 +225,3 @@ class Webhooks:
 def _usable(row: Any) -> bool:
     """The delivery's subscription still exists and is enabled."""
     return row.secret is not None and bool(row.enabled)
-
-
-def _error(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:2000]
-
-
-def _since(started: float) -> float:
-    return (time.perf_counter() - started) * 1000

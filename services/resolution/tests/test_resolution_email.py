@@ -45,9 +45,21 @@ class MailSink:
     port: int = 0
     messages: list[tuple[list[str], EmailMessage]] = field(default_factory=list)
     sessions: int = 0
+    quits: int = 0
+    open: set[asyncio.StreamWriter] = field(default_factory=set)
+
+    async def hang_up(self, *, reply: str | None) -> None:
+        """Close every open session, as a server timing out its idle clients does (saying `reply`
+        first, e.g. 421, or nothing)."""
+        for writer in list(self.open):
+            if reply is not None:
+                writer.write(f"{reply}\r\n".encode())
+            writer.close()
+            self.open.discard(writer)
 
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.sessions += 1
+        self.open.add(writer)
         recipients: list[str] = []
 
         async def reply(line: str) -> None:
@@ -80,11 +92,15 @@ class MailSink:
                     self.messages.append((recipients, parsed))
                     await reply("250 queued")
                 elif verb == "QUIT":
+                    self.quits += 1
                     await reply("221 bye")
                     break
                 else:
                     await reply("502 not implemented")
+        except ConnectionError:
+            pass  # hung up by hang_up, or by the client
         finally:
+            self.open.discard(writer)
             writer.close()
 
 
@@ -178,21 +194,25 @@ async def test_the_assignee_is_paged_by_email(settings: Settings, sink: MailSink
         assert message["Message-ID"] == f"<{message['Idempotency-Key']}@opsledger>"
 
 
+def page(to: str, incident_id: uuid.UUID) -> SimpleNamespace:
+    """A due email delivery, as `Webhooks._mail` reads it."""
+    key = uuid.uuid4().hex
+    body = {"subject": f"[P2] page for {to}", "text": "the incident"}
+    return SimpleNamespace(
+        body=body, target=to, idempotency_key=key, event_type="IncidentAssigned", incident_id=incident_id
+    )
+
+
 async def test_a_batch_of_pages_goes_over_a_few_connections_each_incident_in_order_a_refused_one_alone(
     settings: Settings, sink: MailSink
 ) -> None:
-    def page(to: str, incident_id: uuid.UUID) -> SimpleNamespace:
-        key = uuid.uuid4().hex
-        body = {"subject": f"[P2] page for {to}", "text": "the incident"}
-        return SimpleNamespace(
-            body=body, target=to, idempotency_key=key, event_type="IncidentAssigned", incident_id=incident_id
-        )
-
     incidents = [uuid.UUID(int=n) for n in range(6)]  # hashes 0..5: every one of 3 connections used
     pages = [page(f"p{n}-{i}@example.com", incident) for n in range(3) for i, incident in enumerate(incidents)]
     pages[4] = page("nobody@example.com", incidents[4])
     settings.smtp_connections = 3
-    outcomes = await Webhooks(settings, ManualClock(T0))._mail(pages, T0)
+    webhooks = Webhooks(settings, ManualClock(T0))
+    outcomes = await webhooks._mail(pages, T0)
+    await webhooks.close()
     assert [code for code, _, _ in outcomes] == [None if p.target.startswith("nobody") else 250 for p in pages]
     assert "SMTPRecipientsRefused" in str(outcomes[4][1])
     assert sink.sessions == 3
@@ -203,13 +223,51 @@ async def test_a_batch_of_pages_goes_over_a_few_connections_each_incident_in_ord
         assert [to for to in received if to in sent] == sent, "one incident's pages in order"
 
     settings.smtp_connections = 1
-    await Webhooks(settings, ManualClock(T0))._mail(pages[:7], T0)
+    webhooks = Webhooks(settings, ManualClock(T0))
+    await webhooks._mail(pages[:7], T0)
+    await webhooks.close()
     assert sink.sessions == 4, "one connection for a whole batch"
 
     settings.smtp_port = free_port()  # nothing listens there: every page fails, and says why
     refused = await Webhooks(settings, ManualClock(T0))._mail(pages[:2], T0)
     assert [code for code, _, _ in refused] == [None, None]
     assert all("ConnectionRefusedError" in str(error) for _, error, _ in refused)
+
+
+async def test_connections_stay_open_between_batches_and_one_the_server_closed_is_replaced(
+    settings: Settings, sink: MailSink
+) -> None:
+    settings.smtp_connections = 1
+    webhooks = Webhooks(settings, ManualClock(T0))
+
+    async def delivered(n: int) -> None:
+        pages = [page(f"p{i}@example.com", uuid.uuid4()) for i in range(n)]
+        outcomes = await webhooks._mail(pages, T0)
+        assert [(code, error) for code, error, _ in outcomes] == [(250, None)] * n
+        assert [to for to, _ in sink.messages[-n:]] == [[p.target] for p in pages]
+
+    try:
+        await delivered(2)
+        await delivered(3)
+        assert sink.sessions == 1 and sink.quits == 0, "the second batch reuses the first's connection"
+
+        await sink.hang_up(reply="421 idle for too long, closing")
+        await delivered(2)
+        assert sink.sessions == 2, "a new connection, and the page the closed one refused went over it"
+        await sink.hang_up(reply=None)
+        await delivered(2)
+        assert sink.sessions == 3
+
+        settings.smtp_idle_seconds = 1e-9  # every connection has now been idle too long
+        await delivered(1)
+        assert (sink.sessions, sink.quits) == (4, 1), "the idle one said goodbye, a new one sent"
+        assert len(sink.messages) == 10, "none twice"
+    finally:
+        await webhooks.close()
+    assert sink.quits == 2 and not sink.open, "closing says goodbye"
+
+    await delivered(1)  # after closing, a batch still goes, over a connection of its own
+    assert (sink.sessions, sink.quits) == (5, 3)
 
 
 async def publish(settings: Settings, incident_id: uuid.UUID, *payloads: EventPayload) -> None:
