@@ -1,7 +1,8 @@
 """Pipeline benchmark on the platform `make up` runs: unique alerts posted to intake at a steady
 rate (50, 200, 500 alerts/s, 30 s each by default), then, per incident, the time from
 IncidentLogged to IncidentPrioritized (triage) and to IncidentAssigned (assignment), read from the
-events' `occurred_at` on the log; whether every stage kept up (consumer lag from each service's
+events' `occurred_at` on the log, and to the assignee's page in the mail catcher (resolution's
+email, as `make up`'s demo subscription sends it); whether every stage kept up (consumer lag from each service's
 /metrics when the load stops, and how long the stages took to catch up); the CPU each service,
 PostgreSQL and Kafka used while posting, and how idle the machine was; and each service's RSS.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import email
 import os
 import re
 import statistics
@@ -206,6 +208,39 @@ async def events_of(
     return {i: seen[i] for i in mine}
 
 
+async def pages_of(
+    mail_dir: Path, incidents: dict[str, dict[str, datetime]], timeout: float, since: float
+) -> dict[str, datetime]:
+    """incident -> when the mail catcher received the page of its assignment (the time in the
+    .eml file's name), for the run's assigned incidents, waiting for them until the timeout."""
+    wanted = {i for i, e in incidents.items() if "IncidentAssigned" in e}
+    first = datetime.fromtimestamp(since, UTC).strftime("%Y%m%dT%H%M%S")
+    paged: dict[str, datetime] = {}
+    read: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while len(paged) < len(wanted) and time.monotonic() < deadline:
+        await asyncio.to_thread(read_pages, mail_dir, first, read, wanted, paged)
+        await asyncio.sleep(0.5)
+    return paged
+
+
+def read_pages(mail_dir: Path, first: str, read: set[str], wanted: set[str], paged: dict[str, datetime]) -> None:
+    """Add to `paged` the pages of `wanted` incidents among the files not `read` yet."""
+    for path in sorted(mail_dir.glob("*.eml")):
+        if path.name in read or path.name < first:
+            continue
+        read.add(path.name)
+        message = email.message_from_bytes(path.read_bytes())
+        body = message.get_payload(decode=True)
+        if "IncidentAssigned" not in (message["X-OpsLedger-Event-Type"] or "") or not isinstance(body, bytes):
+            continue
+        at = datetime.strptime(path.name.split("-", 1)[0], "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC)
+        # A page names its incident on its first line; a digest lists several pages.
+        for found in re.finditer(rb"^Incident ([0-9a-f-]{36})$", body, re.M):
+            if (incident := found.group(1).decode()) in wanted:
+                paged[incident] = min(at, paged.get(incident, at))
+
+
 def rss_mb() -> dict[str, float]:
     found = {}
     for pidfile in sorted((ROOT / ".local" / "run").glob("*.pid")):
@@ -275,9 +310,11 @@ async def main() -> None:
         cpu_during = cpu_line(cpu_before, cpu_ticks())
         stopped = time.monotonic()
         lags = {s: await lag_of(env, s) for s in STAGES}
-        pages = await pages_waiting(env)
+        owed = await pages_waiting(env)
         events = await events_of(env, run, accepted, timeout=120, since=since)
         caught_up = time.monotonic() - stopped
+        mail_dir = Path(env["OPSLEDGER_MAIL_DIR"]) if env.get("OPSLEDGER_MAIL_DIR") else None
+        pages = await pages_of(mail_dir, events, timeout=60, since=since) if mail_dir else {}
         prioritized = [
             (e["IncidentPrioritized"] - e["IncidentLogged"]).total_seconds() * 1000
             for e in events.values()
@@ -301,7 +338,14 @@ async def main() -> None:
         print("       hops p50/p99 ms: " + ", ".join(hops))
         # An open loop keeps its rate only if the client keeps up: this says whether it did.
         print(f"       the load took {stopped - posting:.1f} s for {args.seconds:g} s of schedule")
-        print(f"       pages due and not yet sent when the load stopped (counted every 5 s): {pages:.0f}")
+        print(f"       pages due and not yet sent when the load stopped (counted every 5 s): {owed:.0f}")
+        if mail_dir:
+            paged = [(pages[i] - e["IncidentLogged"]).total_seconds() * 1000 for i, e in events.items() if i in pages]
+            print(
+                "       logged->paged (the assignee's email received) p50/p99 ms: "
+                f"{statistics.median(paged or [0]):.0f}/{pct(paged, 99):.0f},"
+                f" {len(paged)} of {len(assigned)} assigned incidents paged within 60 s"
+            )
         print(f"       CPU while posting, % of one core: {cpu_during}")
         if len(assigned) < accepted:
             print(f"       only {len(assigned)} of {accepted} incidents were assigned within the time allowed")

@@ -41,6 +41,7 @@ NOTIFY_TYPES = frozenset(
     }
 )
 _KEY_NAMESPACE = uuid.UUID("6f1d2c8e-3b4a-4f5e-9c7d-2a1b0e9f8d37")
+DIGEST_NAMESPACE = uuid.UUID("0b7e6f3a-52d1-4c8e-a9f4-7d3c2e1b6a58")  # a digest's key, from those it lists
 SIGNATURE_HEADER = "X-OpsLedger-Signature"  # "t=<unix seconds>,v1=<hex>[,v1=<hex>]"
 TIMESTAMP_HEADER = "X-OpsLedger-Timestamp"
 IDEMPOTENCY_HEADER = "Idempotency-Key"

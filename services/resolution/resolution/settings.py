@@ -47,6 +47,10 @@ class Settings(ServiceSettings):
     # Those connections stay open between batches while idle for less than this (servers drop an
     # idle client after a few minutes).
     smtp_idle_seconds: float = Field(default=60.0, gt=0)
+    # A person owed more emails than this in one sending round gets one digest listing them (an
+    # alert storm assigns someone dozens of incidents a second: one email each buried them, and
+    # paging fell seconds behind the storm).
+    email_digest_after: int = Field(default=3, ge=1)
     # A link to the incident in notifications, e.g. "https://ops.example.com/incidents/{incident_id}".
     incident_link_template: str | None = None
     # Seed, once, an email subscription paging the demo team's assignee (`make up` sets

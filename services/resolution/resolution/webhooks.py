@@ -177,22 +177,34 @@ class Webhooks:
 
     async def _mail(self, rows: Sequence[Any], now: datetime) -> list[Outcome]:
         """One attempt at each email, over up to `smtp_connections` SMTP connections at once; one
-        incident's emails share a connection, in order."""
+        incident's emails share a connection, in order. A person owed more than
+        `email_digest_after` emails in this round (an alert storm assigning them dozens of
+        incidents a second) gets one digest listing them all instead: its outcome is each one's."""
         s = self.settings
         if not rows:
             return []
         if s.smtp_host is None:
             return [(None, "no SMTP server is configured (OPSLEDGER_SMTP_HOST)", 0.0)] * len(rows)
-        groups: dict[int, list[int]] = {}
+        by_address: dict[str, list[int]] = {}
         for i, row in enumerate(rows):
-            groups.setdefault(hash(row.incident_id) % s.smtp_connections, []).append(i)
+            by_address.setdefault(row.target, []).append(i)
+        groups: dict[int, list[tuple[list[int], MIMEText]]] = {}  # connection -> (rows, message) in order
+        for address, owed in by_address.items():
+            if len(owed) > s.email_digest_after:
+                digest = self._digest(address, [rows[i] for i in owed], now)
+                groups.setdefault(hash(address) % s.smtp_connections, []).append((owed, digest))
+                continue
+            for i in owed:
+                slot = hash(rows[i].incident_id) % s.smtp_connections
+                groups.setdefault(slot, []).append(([i], self._message(rows[i], now)))
         sent = await asyncio.gather(
-            *(self.mailer.send(slot, [self._message(rows[i], now) for i in g]) for slot, g in groups.items())
+            *(self.mailer.send(slot, [message for _, message in g]) for slot, g in groups.items())
         )
         outcomes: list[Outcome] = [(None, "not sent", 0.0)] * len(rows)
         for g, results in zip(groups.values(), sent, strict=True):
-            for i, outcome in zip(g, results, strict=True):
-                outcomes[i] = outcome
+            for (owed, _), outcome in zip(g, results, strict=True):
+                for i in owed:
+                    outcomes[i] = outcome
         return outcomes
 
     async def _post_all(self, rows: Sequence[Any], now: datetime) -> list[Outcome]:
@@ -206,19 +218,33 @@ class Webhooks:
             return list(await asyncio.gather(*(self._send(client, row, now) for row in rows)))
 
     def _message(self, row: Any, now: datetime) -> MIMEText:
-        s = self.settings
+        # The same Message-ID on every attempt: mail systems drop a repeat as a duplicate.
+        return self._email(row.target, row.body["subject"], row.body["text"], row.idempotency_key, row.event_type, now)
+
+    def _digest(self, address: str, rows: Sequence[Any], now: datetime) -> MIMEText:
+        """One email listing `rows`' notifications in the order they were staged."""
+        rows = sorted(rows, key=lambda row: row.created_at)
+        subject = f"{len(rows)} notifications: {rows[0].body['subject']} and {len(rows) - 1} more"
+        items = [f"{n}. {row.body['subject']}\n\n{row.body['text']}" for n, row in enumerate(rows, 1)]
+        text = f"{len(rows)} notifications for you, oldest first.\n\n" + "\n".join(items)
+        # Its Message-ID follows from what it lists, so the same digest sent again is recognisable.
+        key = str(uuid.uuid5(notify.DIGEST_NAMESPACE, ",".join(sorted(row.idempotency_key for row in rows))))
+        types = ",".join(sorted({row.event_type for row in rows}))
+        message = self._email(address, subject[:300], text, key, types, now)
+        message["X-OpsLedger-Digest"] = str(len(rows))
+        return message
+
+    def _email(self, to: str, subject: str, text: str, key: str, event_type: str, now: datetime) -> MIMEText:
         # The compat32 API (MIMEText, Header): the default policy parses every header it is given
         # back through its header registry, which cost a third of this service's CPU in a storm.
-        message = MIMEText(row.body["text"], "plain", "utf-8")
-        message["From"] = s.smtp_from
-        message["To"] = row.target
-        subject: str = row.body["subject"]
+        message = MIMEText(text, "plain", "utf-8")
+        message["From"] = self.settings.smtp_from
+        message["To"] = to
         message["Subject"] = subject if subject.isascii() else Header(subject, "utf-8", header_name="Subject").encode()
         message["Date"] = formatdate(now.timestamp(), usegmt=True)
-        # The same Message-ID on every attempt: mail systems drop a repeat as a duplicate.
-        message["Message-ID"] = f"<{row.idempotency_key}@opsledger>"
-        message[notify.IDEMPOTENCY_HEADER] = row.idempotency_key
-        message["X-OpsLedger-Event-Type"] = row.event_type
+        message["Message-ID"] = f"<{key}@opsledger>"
+        message[notify.IDEMPOTENCY_HEADER] = key
+        message["X-OpsLedger-Event-Type"] = event_type
         return message
 
 

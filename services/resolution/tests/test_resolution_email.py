@@ -8,10 +8,11 @@ import asyncio
 import contextlib
 import email
 import email.policy
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from types import SimpleNamespace
 from typing import Any
@@ -194,12 +195,17 @@ async def test_the_assignee_is_paged_by_email(settings: Settings, sink: MailSink
         assert message["Message-ID"] == f"<{message['Idempotency-Key']}@opsledger>"
 
 
-def page(to: str, incident_id: uuid.UUID) -> SimpleNamespace:
+def page(to: str, incident_id: uuid.UUID, staged: datetime = T0) -> SimpleNamespace:
     """A due email delivery, as `Webhooks._mail` reads it."""
     key = uuid.uuid4().hex
-    body = {"subject": f"[P2] page for {to}", "text": "the incident"}
+    body = {"subject": f"[P2] page for {to}", "text": f"Incident {incident_id}\nthe incident\n"}
     return SimpleNamespace(
-        body=body, target=to, idempotency_key=key, event_type="IncidentAssigned", incident_id=incident_id
+        body=body,
+        target=to,
+        idempotency_key=key,
+        event_type="IncidentAssigned",
+        incident_id=incident_id,
+        created_at=staged,
     )
 
 
@@ -268,6 +274,38 @@ async def test_connections_stay_open_between_batches_and_one_the_server_closed_i
 
     await delivered(1)  # after closing, a batch still goes, over a connection of its own
     assert (sink.sessions, sink.quits) == (5, 3)
+
+
+async def test_a_person_owed_many_pages_at_once_gets_one_digest_listing_them(
+    settings: Settings, sink: MailSink
+) -> None:
+    settings.smtp_connections = 2
+    settings.email_digest_after = 3
+    webhooks = Webhooks(settings, ManualClock(T0))
+    storm = [page("riley@example.com", uuid.uuid4(), T0 + timedelta(seconds=n)) for n in range(5)]
+    calm = [page("sam@example.com", uuid.uuid4()) for _ in range(3)]  # not more than 3: one email each
+    due = [calm[0], *reversed(storm[2:]), calm[1], *reversed(storm[:2]), calm[2]]  # in no particular order
+    try:
+        outcomes = await webhooks._mail(due, T0)
+        assert [(code, error) for code, error, _ in outcomes] == [(250, None)] * len(due)
+        to_riley = [m for to, m in sink.messages if to == ["riley@example.com"]]
+        to_sam = [m for to, m in sink.messages if to == ["sam@example.com"]]
+        assert len(to_riley) == 1 and len(to_sam) == 3
+        digest = to_riley[0]
+        assert digest["Subject"] == "5 notifications: [P2] page for riley@example.com and 4 more"
+        assert digest["X-OpsLedger-Digest"] == "5" and digest["X-OpsLedger-Event-Type"] == "IncidentAssigned"
+        listed = re.findall(r"^Incident (\S+)$", digest.get_content(), re.M)
+        assert listed == [str(p.incident_id) for p in storm], "every page, oldest first"
+
+        again = await webhooks._mail(storm, T0)  # the same deliveries tried again: the same message
+        assert [code for code, _, _ in again] == [250] * 5
+        assert sink.messages[-1][1]["Message-ID"] == digest["Message-ID"]
+
+        refused = [page("nobody@example.com", uuid.uuid4()) for _ in range(4)]
+        failed = await webhooks._mail(refused, T0)  # one digest, refused: every page it lists failed
+        assert len({error for _, error, _ in failed}) == 1 and "SMTPRecipientsRefused" in str(failed[0][1])
+    finally:
+        await webhooks.close()
 
 
 async def publish(settings: Settings, incident_id: uuid.UUID, *payloads: EventPayload) -> None:
