@@ -76,7 +76,7 @@ class Mailer:
             # The connection failed (or never opened): the messages not sent yet fail with it.
             # One that went before it stays sent.
             _drop(held, polite=False)
-            outcomes.extend([(None, error(exc), since(started))] * (len(messages) - len(outcomes)))
+            outcomes.extend([(None, describe_error(exc), ms_since(started))] * (len(messages) - len(outcomes)))
         held.used_at = time.monotonic()
         if self._closed:
             _drop(held, polite=True)
@@ -89,14 +89,14 @@ class Mailer:
             held.smtp.send_message(message)
         except _REFUSED as exc:
             if held.smtp.sock is not None:
-                return None, error(exc), since(started)
+                return None, describe_error(exc), ms_since(started)
             if not retry_closed:  # 421: the server closed the connection; the rest fail with it
                 raise
         except _GONE:
             if not retry_closed:
                 raise
         else:
-            return 250, None, since(started)
+            return 250, None, ms_since(started)
         _drop(held, polite=False)
         return self._send_one(held, message, started, retry_closed=False)
 
@@ -130,9 +130,9 @@ def _drop(held: _Slot, polite: bool) -> None:
     smtp.close()
 
 
-def error(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:2000]
 
 
-def since(started: float) -> float:
+def ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000

@@ -28,9 +28,9 @@ from opsledger.clock import Clock
 from opsledger.events.resolution import ChannelKind, SubscriptionChanged
 from opsledger.timers import FiredTimer, Timer
 from opsledger.uow import UnitOfWork
-from resolution import mailer, notify, store
+from resolution import notify, store
 from resolution.domain import Incident
-from resolution.mailer import Mailer, Outcome
+from resolution.mailer import Mailer, Outcome, describe_error, ms_since
 from resolution.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ class Webhooks:
         try:
             response = await client.post(row.target, content=raw, headers=headers)
         except httpx.HTTPError as exc:
-            return None, mailer.error(exc), mailer.since(started)
+            return None, describe_error(exc), ms_since(started)
         elapsed = (time.perf_counter() - started) * 1000
         if 200 <= response.status_code < 300:
             return response.status_code, None, elapsed
