@@ -13,10 +13,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.message import Message
+from typing import NamedTuple
 
 from resolution.settings import Settings
 
-Outcome = tuple[int | None, str | None, float]  # status code, error (None: delivered), duration in ms
+
+class Outcome(NamedTuple):
+    """How one attempt at a delivery went."""
+
+    status_code: int | None
+    error: str | None  # None: delivered
+    duration_ms: float
+    retry_after: float | None = None  # seconds the receiver asked us to wait before trying again
+
 
 # The server refused this message; the connection stays usable (smtplib sent RSET), unless the
 # server said 421 and closed it.
@@ -77,7 +86,8 @@ class Mailer:
             # The connection failed (or never opened): the messages not sent yet fail with it.
             # One that went before it stays sent.
             _drop(held, polite=False)
-            outcomes.extend([(None, describe_error(exc), ms_since(started))] * (len(messages) - len(outcomes)))
+            failed = Outcome(None, describe_error(exc), ms_since(started))
+            outcomes.extend([failed] * (len(messages) - len(outcomes)))
         held.used_at = time.monotonic()
         if self._closed:
             _drop(held, polite=True)
@@ -90,14 +100,14 @@ class Mailer:
             held.smtp.send_message(message)
         except _REFUSED as exc:
             if held.smtp.sock is not None:
-                return None, describe_error(exc), ms_since(started)
+                return Outcome(None, describe_error(exc), ms_since(started))
             if not retry_closed:  # 421: the server closed the connection; the rest fail with it
                 raise
         except _GONE:
             if not retry_closed:
                 raise
         else:
-            return 250, None, ms_since(started)
+            return Outcome(250, None, ms_since(started))
         _drop(held, polite=False)
         return self._send_one(held, message, started, retry_closed=False)
 

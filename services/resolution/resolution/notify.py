@@ -11,7 +11,8 @@ import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -210,3 +211,18 @@ class RetryPolicy:
         ceiling = min(self.cap.total_seconds(), self.base.total_seconds() * 2 ** (attempts - 1))
         # Full jitter, but never less than half: receivers coming back are not hit all at once.
         return timedelta(seconds=ceiling / 2 + (rng or random).uniform(0, ceiling / 2))
+
+
+def retry_after(value: str | None, now: datetime) -> float | None:
+    """The seconds a `Retry-After` header asks to wait (RFC 9110 §10.2.3: delay-seconds or an
+    HTTP-date); None when there is none or it cannot be read."""
+    value = (value or "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())

@@ -104,7 +104,7 @@ class Webhooks:
     async def fire(self, session: AsyncSession, fired: list[FiredTimer]) -> None:
         """Send the due deliveries concurrently (a slow receiver costs at most the timeout; the
         emails over a few SMTP connections), record every attempt, and schedule the next one with
-        backoff, or give up after the last."""
+        backoff (or later, when the receiver said so), or give up after the last."""
         keys = {(str(t.data["subscription_id"]), uuid.UUID(str(t.data["event_id"]))) for t in fired}
         rows = await store.pending_deliveries(session, keys)
         now = self.clock.now()
@@ -114,13 +114,16 @@ class Webhooks:
             (emails if _usable(row) and row.channel == ChannelKind.EMAIL else others).append(row)
         sent, mailed = await asyncio.gather(self._post_all(others, now), self._mail(emails, now))
         attempts, later = [], []
-        for row, (status_code, error, duration_ms) in zip([*others, *emails], [*sent, *mailed], strict=True):
+        for row, outcome in zip([*others, *emails], [*sent, *mailed], strict=True):
             attempt = row.attempts + 1
             next_at: datetime | None = None
-            if error is None:
+            if outcome.error is None:
                 status = "delivered"
             else:
                 delay = self.retry.delay(attempt) if row.enabled else None
+                if delay is not None and outcome.retry_after is not None:
+                    # As long as the receiver asked (Slack's rate limit says so on a 429), up to our longest wait.
+                    delay = max(delay, min(timedelta(seconds=outcome.retry_after), self.retry.cap))
                 status = "pending" if delay is not None else "failed"
                 if delay is not None:
                     next_at = now + delay
@@ -131,7 +134,7 @@ class Webhooks:
                     row.idempotency_key,
                     row.subscription_id,
                     attempt,
-                    error,
+                    outcome.error,
                     f"next at {next_at.isoformat()}" if next_at else "giving up",
                 )
             attempts.append(
@@ -140,9 +143,9 @@ class Webhooks:
                     row.event_id,
                     attempt=attempt,
                     at=now,
-                    status_code=status_code,
-                    error=error,
-                    duration_ms=duration_ms,
+                    status_code=outcome.status_code,
+                    error=outcome.error,
+                    duration_ms=outcome.duration_ms,
                     status=status,
                     next_attempt_at=next_at,
                 )
@@ -151,9 +154,9 @@ class Webhooks:
         await timers.schedule_many(session, later)
 
     async def _send(self, client: httpx.AsyncClient, row: Any, now: datetime) -> Outcome:
-        """One attempt: (status code, error or None when delivered, duration in ms)."""
+        """One attempt. A receiver answering 429 or 503 may say when to try again (Retry-After)."""
         if not _usable(row):
-            return None, "the subscription was deleted or disabled", 0.0
+            return Outcome(None, "the subscription was deleted or disabled", 0.0)
         raw = orjson.dumps(row.body)
         stamp = int(now.timestamp())
         secrets = [row.secret] + ([row.previous_secret] if row.previous_secret else [])
@@ -169,11 +172,13 @@ class Webhooks:
         try:
             response = await client.post(row.target, content=raw, headers=headers)
         except httpx.HTTPError as exc:
-            return None, describe_error(exc), ms_since(started)
+            return Outcome(None, describe_error(exc), ms_since(started))
         elapsed = (time.perf_counter() - started) * 1000
-        if 200 <= response.status_code < 300:
-            return response.status_code, None, elapsed
-        return response.status_code, f"the receiver answered {response.status_code}", elapsed
+        code = response.status_code
+        if 200 <= code < 300:
+            return Outcome(code, None, elapsed)
+        wait = notify.retry_after(response.headers.get("retry-after"), now) if code in (429, 503) else None
+        return Outcome(code, f"the receiver answered {code}", elapsed, wait)
 
     async def _mail(self, rows: Sequence[Any], now: datetime) -> list[Outcome]:
         """One attempt at each email, over up to `smtp_connections` SMTP connections at once; one
@@ -184,7 +189,7 @@ class Webhooks:
         if not rows:
             return []
         if s.smtp_host is None:
-            return [(None, "no SMTP server is configured (OPSLEDGER_SMTP_HOST)", 0.0)] * len(rows)
+            return [Outcome(None, "no SMTP server is configured (OPSLEDGER_SMTP_HOST)", 0.0)] * len(rows)
         by_address: dict[str, list[int]] = {}
         for i, row in enumerate(rows):
             by_address.setdefault(row.target, []).append(i)
@@ -200,7 +205,7 @@ class Webhooks:
         sent = await asyncio.gather(
             *(self.mailer.send(slot, [message for _, message in g]) for slot, g in groups.items())
         )
-        outcomes: list[Outcome] = [(None, "not sent", 0.0)] * len(rows)
+        outcomes = [Outcome(None, "not sent", 0.0)] * len(rows)
         for g, results in zip(groups.values(), sent, strict=True):
             for (owed, _), outcome in zip(g, results, strict=True):
                 for i in owed:

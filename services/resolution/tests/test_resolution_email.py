@@ -219,7 +219,7 @@ async def test_a_batch_of_pages_goes_over_a_few_connections_each_incident_in_ord
     webhooks = Webhooks(settings, ManualClock(T0))
     outcomes = await webhooks._mail(pages, T0)
     await webhooks.close()
-    assert [code for code, _, _ in outcomes] == [None if p.target.startswith("nobody") else 250 for p in pages]
+    assert [code for code, *_ in outcomes] == [None if p.target.startswith("nobody") else 250 for p in pages]
     assert "SMTPRecipientsRefused" in str(outcomes[4][1])
     assert sink.sessions == 3
     received = [to[0] for to, _ in sink.messages]
@@ -236,8 +236,8 @@ async def test_a_batch_of_pages_goes_over_a_few_connections_each_incident_in_ord
 
     settings.smtp_port = free_port()  # nothing listens there: every page fails, and says why
     refused = await Webhooks(settings, ManualClock(T0))._mail(pages[:2], T0)
-    assert [code for code, _, _ in refused] == [None, None]
-    assert all("ConnectionRefusedError" in str(error) for _, error, _ in refused)
+    assert [code for code, *_ in refused] == [None, None]
+    assert all("ConnectionRefusedError" in str(error) for _, error, *_ in refused)
 
 
 async def test_connections_stay_open_between_batches_and_one_the_server_closed_is_replaced(
@@ -249,7 +249,7 @@ async def test_connections_stay_open_between_batches_and_one_the_server_closed_i
     async def delivered(n: int) -> None:
         pages = [page(f"p{i}@example.com", uuid.uuid4()) for i in range(n)]
         outcomes = await webhooks._mail(pages, T0)
-        assert [(code, error) for code, error, _ in outcomes] == [(250, None)] * n
+        assert [(code, error) for code, error, *_ in outcomes] == [(250, None)] * n
         assert [to for to, _ in sink.messages[-n:]] == [[p.target] for p in pages]
 
     try:
@@ -287,7 +287,7 @@ async def test_a_person_owed_many_pages_at_once_gets_one_digest_listing_them(
     due = [calm[0], *reversed(storm[2:]), calm[1], *reversed(storm[:2]), calm[2]]  # in no particular order
     try:
         outcomes = await webhooks._mail(due, T0)
-        assert [(code, error) for code, error, _ in outcomes] == [(250, None)] * len(due)
+        assert [(code, error) for code, error, *_ in outcomes] == [(250, None)] * len(due)
         to_riley = [m for to, m in sink.messages if to == ["riley@example.com"]]
         to_sam = [m for to, m in sink.messages if to == ["sam@example.com"]]
         assert len(to_riley) == 1 and len(to_sam) == 3
@@ -298,12 +298,12 @@ async def test_a_person_owed_many_pages_at_once_gets_one_digest_listing_them(
         assert listed == [str(p.incident_id) for p in storm], "every page, oldest first"
 
         again = await webhooks._mail(storm, T0)  # the same deliveries tried again: the same message
-        assert [code for code, _, _ in again] == [250] * 5
+        assert [code for code, *_ in again] == [250] * 5
         assert sink.messages[-1][1]["Message-ID"] == digest["Message-ID"]
 
         refused = [page("nobody@example.com", uuid.uuid4()) for _ in range(4)]
         failed = await webhooks._mail(refused, T0)  # one digest, refused: every page it lists failed
-        assert len({error for _, error, _ in failed}) == 1 and "SMTPRecipientsRefused" in str(failed[0][1])
+        assert len({error for _, error, *_ in failed}) == 1 and "SMTPRecipientsRefused" in str(failed[0][1])
     finally:
         await webhooks.close()
 

@@ -117,6 +117,16 @@ def test_retries_back_off_exponentially_with_jitter_then_give_up() -> None:
     assert policy.delay(4, rng) is None
 
 
+def test_a_receivers_retry_after_is_read_as_seconds_or_a_date() -> None:
+    now = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+    assert notify.retry_after("120", now) == 120.0
+    assert notify.retry_after(" 0 ", now) == 0.0
+    assert notify.retry_after("Mon, 30 Nov 2026 09:02:00 GMT", now) == 120.0
+    assert notify.retry_after("Mon, 30 Nov 2026 08:00:00 GMT", now) == 0.0, "a date gone by: at once"
+    for unreadable in (None, "", "soon", "-5", "1.5"):
+        assert notify.retry_after(unreadable, now) is None, unreadable
+
+
 @pytest.mark.parametrize(
     ("url", "error"),
     [

@@ -47,10 +47,12 @@ SECRET = "test-secret-0123456789abcdef"
 
 @dataclass
 class Receiver:
-    """A local webhook receiver that fails its first `failures` requests with 503; with `hold_first`
-    its first request gets no answer until `release` is set."""
+    """A local webhook receiver that fails its first `failures` requests with 503 (with
+    `retry_after`: 429 and that Retry-After, as a rate-limited Slack answers); with `hold_first` its
+    first request gets no answer until `release` is set."""
 
     failures: int = 0
+    retry_after: str | None = None
     hold_first: bool = False
     received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     url: str = ""
@@ -60,7 +62,11 @@ class Receiver:
         self.received.append((dict(request.headers), await request.body()))
         if self.hold_first and len(self.received) == 1:
             await self.release.wait()
-        return Response(status_code=503 if len(self.received) <= self.failures else 204)
+        if len(self.received) > self.failures:
+            return Response(status_code=204)
+        if self.retry_after is not None:
+            return Response(status_code=429, headers={"Retry-After": self.retry_after})
+        return Response(status_code=503)
 
 
 @pytest.fixture
@@ -193,6 +199,37 @@ async def test_deliveries_are_signed_retried_with_one_key_and_recorded(settings:
         changes = await eventually(announced, timeout=60, what="both subscription versions announced")
         assert [e.payload["version"] for e in changes] == [1, 2] and all("secret" not in e.payload for e in changes)
         assert changes[0].actor == "user:mia" and changes[0].subject == f"resolution.subscriptions.{sub_id}"
+
+
+@pytest.mark.parametrize("receiver", [{"failures": 1, "retry_after": "1800"}], indirect=True)
+async def test_a_receiver_asking_to_wait_is_tried_again_no_sooner(settings: Settings, receiver: Receiver) -> None:
+    clock = ManualClock(T0)
+    app: FastAPI = build(settings, clock)
+    async with running_app(app) as client:
+        body = {"channel": "slack_webhook", "target": receiver.url, "filters": {"event_types": ["IncidentAssigned"]}}
+        created = await client.post("/v1/subscriptions", json=body, headers=MANAGER)
+        assert created.status_code == 201, created.text
+        sub_id = created.json()["subscription_id"]
+        incident_id = uuid.uuid4()
+        await publish(settings, incident_id, IncidentAssigned(team_id="dba", assignee=PersonRef(sub="bob"), reason="x"))
+
+        async def waiting() -> list[dict[str, Any]]:
+            answer = await client.get(f"/v1/subscriptions/{sub_id}/deliveries", headers=MANAGER)
+            deliveries: list[dict[str, Any]] = answer.json()["deliveries"]
+            return deliveries if deliveries and deliveries[0]["attempts"] else []
+
+        (delivery,) = await eventually(waiting, timeout=60, what="the first attempt recorded")
+        assert [a["status_code"] for a in delivery["attempts"]] == [429]
+        # Our own backoff would try again within 60 s (the base); the receiver asked for 30 minutes.
+        assert datetime.fromisoformat(delivery["next_attempt_at"]) == T0 + timedelta(minutes=30)
+        runtime = app.state.runtime
+        assert isinstance(runtime, ResolutionRuntime) and runtime.timers is not None
+        clock.advance(timedelta(minutes=29))
+        await runtime.timers.run_due(clock.now())
+        assert len(receiver.received) == 1, "not before the time the receiver asked for"
+        clock.advance(timedelta(minutes=1))
+        await runtime.timers.run_due(clock.now())
+        await eventually(lambda: _count(receiver, 2), timeout=60, what="the second attempt")
 
 
 @pytest.mark.parametrize("receiver", [{"hold_first": True}], indirect=True)
