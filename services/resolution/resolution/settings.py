@@ -33,6 +33,11 @@ class Settings(ServiceSettings):
     webhook_max_attempts: int = Field(default=8, ge=1)
     webhook_retry_base_seconds: float = Field(default=10.0, gt=0)
     webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    # A person (email) or a Slack webhook owed more notifications than this in one sending round
+    # gets digests listing them (an alert storm assigns someone dozens of incidents a second: one
+    # email each buried them, and paging fell seconds behind the storm; Slack takes about one
+    # message a second per webhook). Other webhooks get one request per event.
+    digest_after: int = Field(default=3, ge=1)
     # Email subscriptions: the SMTP server (none: email subscriptions are refused).
     smtp_host: str | None = None
     smtp_port: int = Field(default=25, ge=1, le=65535)
@@ -47,10 +52,6 @@ class Settings(ServiceSettings):
     # Those connections stay open between batches while idle for less than this (servers drop an
     # idle client after a few minutes).
     smtp_idle_seconds: float = Field(default=60.0, gt=0)
-    # A person owed more emails than this in one sending round gets one digest listing them (an
-    # alert storm assigns someone dozens of incidents a second: one email each buried them, and
-    # paging fell seconds behind the storm).
-    email_digest_after: int = Field(default=3, ge=1)
     # A link to the incident in notifications, e.g. "https://ops.example.com/incidents/{incident_id}".
     incident_link_template: str | None = None
     # Seed, once, an email subscription paging the demo team's assignee (`make up` sets

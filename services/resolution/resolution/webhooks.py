@@ -12,6 +12,7 @@ import ssl
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.header import Header
 from email.mime.text import MIMEText
@@ -34,6 +35,9 @@ from resolution.mailer import Mailer, Outcome, describe_error, ms_since
 from resolution.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# Lines in one Slack digest: Slack cuts a message's text at 40,000 characters, and a line is about 150.
+SLACK_DIGEST_MAX = 100
 
 
 class Webhooks:
@@ -183,7 +187,7 @@ class Webhooks:
     async def _mail(self, rows: Sequence[Any], now: datetime) -> list[Outcome]:
         """One attempt at each email, over up to `smtp_connections` SMTP connections at once; one
         incident's emails share a connection, in order. A person owed more than
-        `email_digest_after` emails in this round (an alert storm assigning them dozens of
+        `digest_after` emails in this round (an alert storm assigning them dozens of
         incidents a second) gets one digest listing them all instead: its outcome is each one's."""
         s = self.settings
         if not rows:
@@ -195,7 +199,7 @@ class Webhooks:
             by_address.setdefault(row.target, []).append(i)
         groups: dict[int, list[tuple[list[int], MIMEText]]] = {}  # connection -> (rows, message) in order
         for address, owed in by_address.items():
-            if len(owed) > s.email_digest_after:
+            if len(owed) > s.digest_after:
                 digest = self._digest(address, [rows[i] for i in owed], now)
                 groups.setdefault(hash(address) % s.smtp_connections, []).append((owed, digest))
                 continue
@@ -213,14 +217,38 @@ class Webhooks:
         return outcomes
 
     async def _post_all(self, rows: Sequence[Any], now: datetime) -> list[Outcome]:
-        """One attempt at each webhook, concurrently."""
+        """One attempt at each webhook, concurrently. A Slack subscription owed more than
+        `digest_after` messages in this round gets them as digests of up to SLACK_DIGEST_MAX lines,
+        one after the other (Slack takes about a message a second per webhook): a digest's outcome
+        is each listed delivery's. Other webhooks get one request per event, as their receivers
+        expect."""
         if not rows:
             return []  # no client: making one loads the trusted certificates, tens of milliseconds
         if self._tls is None:
             self._tls = httpx.create_ssl_context()  # once: every batch of a storm would load it again
+        by_subscription: dict[str, list[int]] = {}
+        for i, row in enumerate(rows):
+            if _usable(row) and row.channel == ChannelKind.SLACK_WEBHOOK:
+                by_subscription.setdefault(row.subscription_id, []).append(i)
+        digested = [owed for owed in by_subscription.values() if len(owed) > self.settings.digest_after]
+        alone = set(range(len(rows))).difference(*digested)
+        outcomes = [Outcome(None, "not sent", 0.0)] * len(rows)
+
+        async def one(client: httpx.AsyncClient, i: int) -> None:
+            outcomes[i] = await self._send(client, rows[i], now)
+
+        async def digests(client: httpx.AsyncClient, owed: list[int]) -> None:
+            owed = sorted(owed, key=lambda i: rows[i].created_at)
+            for start in range(0, len(owed), SLACK_DIGEST_MAX):
+                part = owed[start : start + SLACK_DIGEST_MAX]
+                outcome = await self._send(client, _slack_digest([rows[i] for i in part]), now)
+                for i in part:
+                    outcomes[i] = outcome
+
         timeout = self.settings.webhook_timeout_seconds
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, verify=self._tls) as client:
-            return list(await asyncio.gather(*(self._send(client, row, now) for row in rows)))
+            await asyncio.gather(*(one(client, i) for i in sorted(alone)), *(digests(client, o) for o in digested))
+        return outcomes
 
     def _message(self, row: Any, now: datetime) -> MIMEText:
         # The same Message-ID on every attempt: mail systems drop a repeat as a duplicate.
@@ -233,8 +261,7 @@ class Webhooks:
         items = [f"{n}. {row.body['subject']}\n\n{row.body['text']}" for n, row in enumerate(rows, 1)]
         text = f"{len(rows)} notifications for you, oldest first.\n\n" + "\n".join(items)
         # Its Message-ID follows from what it lists, so the same digest sent again is recognisable.
-        key = str(uuid.uuid5(notify.DIGEST_NAMESPACE, ",".join(sorted(row.idempotency_key for row in rows))))
-        types = ",".join(sorted({row.event_type for row in rows}))
+        key, types = _digest_key(rows), _digest_types(rows)
         message = self._email(address, subject[:300], text, key, types, now)
         message["X-OpsLedger-Digest"] = str(len(rows))
         return message
@@ -256,3 +283,34 @@ class Webhooks:
 def _usable(row: Any) -> bool:
     """The delivery's subscription still exists and is enabled."""
     return row.secret is not None and bool(row.enabled)
+
+
+@dataclass(frozen=True)
+class _Digest:
+    """Several deliveries of one subscription sent as one request (read as a delivery row by `_send`)."""
+
+    target: str
+    body: dict[str, Any]
+    idempotency_key: str
+    event_type: str
+    secret: str
+    previous_secret: str | None
+    enabled: bool
+
+
+def _slack_digest(rows: Sequence[Any]) -> _Digest:
+    """One Slack message listing `rows`' messages (of one subscription), a line each, in order."""
+    text = f"{len(rows)} notifications:\n" + "\n".join(f"• {row.body['text']}" for row in rows)
+    first = rows[0]
+    return _Digest(
+        first.target, {"text": text}, _digest_key(rows), _digest_types(rows), first.secret, first.previous_secret, True
+    )
+
+
+def _digest_key(rows: Sequence[Any]) -> str:
+    """A digest's idempotency key follows from those of what it lists: sent again, it is the same."""
+    return str(uuid.uuid5(notify.DIGEST_NAMESPACE, ",".join(sorted(row.idempotency_key for row in rows))))
+
+
+def _digest_types(rows: Sequence[Any]) -> str:
+    return ",".join(sorted({row.event_type for row in rows}))

@@ -280,7 +280,7 @@ async def test_a_person_owed_many_pages_at_once_gets_one_digest_listing_them(
     settings: Settings, sink: MailSink
 ) -> None:
     settings.smtp_connections = 2
-    settings.email_digest_after = 3
+    settings.digest_after = 3
     webhooks = Webhooks(settings, ManualClock(T0))
     storm = [page("riley@example.com", uuid.uuid4(), T0 + timedelta(seconds=n)) for n in range(5)]
     calm = [page("sam@example.com", uuid.uuid4()) for _ in range(3)]  # not more than 3: one email each

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -31,7 +32,7 @@ from opsledger.events.common import PersonRef
 from opsledger.events.intake import IncidentLogged
 from opsledger.testing import ServiceProcess, TestInfra, eventually, read_topic, running_app, session_tokens
 from opsledger.testing.helpers import envelopes, free_port
-from resolution import notify
+from resolution import notify, webhooks
 from resolution.app import build
 from resolution.runtime import ResolutionRuntime
 from resolution.settings import Settings
@@ -199,6 +200,43 @@ async def test_deliveries_are_signed_retried_with_one_key_and_recorded(settings:
         changes = await eventually(announced, timeout=60, what="both subscription versions announced")
         assert [e.payload["version"] for e in changes] == [1, 2] and all("secret" not in e.payload for e in changes)
         assert changes[0].actor == "user:mia" and changes[0].subject == f"resolution.subscriptions.{sub_id}"
+
+
+@pytest.mark.parametrize("receiver", [{"failures": 0}], indirect=True)
+async def test_a_slack_webhook_owed_many_messages_at_once_gets_digests(
+    settings: Settings, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def due(subscription_id: str, channel: str, n: int) -> SimpleNamespace:
+        text = f"[P2] disk full {n}: IncidentAssigned (incident {uuid.uuid4()})"
+        return SimpleNamespace(
+            subscription_id=subscription_id,
+            channel=channel,
+            target=receiver.url,
+            body={"text": text} if channel == "slack_webhook" else {"id": n},
+            idempotency_key=uuid.uuid4().hex,
+            event_type="IncidentAssigned",
+            secret=SECRET,
+            previous_secret=None,
+            enabled=True,
+            created_at=T0 + timedelta(seconds=n),
+        )
+
+    settings.digest_after = 3
+    monkeypatch.setattr(webhooks, "SLACK_DIGEST_MAX", 3)  # five lines: a digest of three, then one of two
+    slack = [due("sub-slack", "slack_webhook", n) for n in range(5)]
+    plain = [due("sub-plain", "webhook", n) for n in range(5)]  # machines: one request per event, always
+    rows = [*reversed(slack[3:]), *plain, *reversed(slack[:3])]
+    outcomes = await webhooks.Webhooks(settings, ManualClock(T0))._post_all(rows, T0)
+    assert [o.status_code for o in outcomes] == [204] * len(rows)
+
+    texts = [httpx.Response(200, content=raw).json().get("text") for _, raw in receiver.received]
+    assert len(receiver.received) == 5 + 2 and texts.count(None) == 5
+    digests = [t for t in texts if t is not None]
+    assert [t.split(":", 1)[0] for t in digests] == ["3 notifications", "2 notifications"], "in turn"
+    listed = [line.removeprefix("• ") for t in digests for line in t.splitlines()[1:]]
+    assert listed == [row.body["text"] for row in slack], "every message once, oldest first"
+    for headers, raw in receiver.received:
+        assert notify.verify(SECRET, headers["x-opsledger-signature"], raw)
 
 
 @pytest.mark.parametrize("receiver", [{"failures": 1, "retry_after": "1800"}], indirect=True)
