@@ -220,8 +220,8 @@ class Webhooks:
         """One attempt at each webhook, concurrently. A Slack subscription owed more than
         `digest_after` messages in this round gets them as digests of up to SLACK_DIGEST_MAX lines,
         one after the other (Slack takes about a message a second per webhook): a digest's outcome
-        is each listed delivery's. Other webhooks get one request per event, as their receivers
-        expect."""
+        is each listed delivery's, and a refused one's is also that of those not sent after it.
+        Other webhooks get one request per event, as their receivers expect."""
         if not rows:
             return []  # no client: making one loads the trusted certificates, tens of milliseconds
         if self._tls is None:
@@ -242,8 +242,11 @@ class Webhooks:
             for start in range(0, len(owed), SLACK_DIGEST_MAX):
                 part = owed[start : start + SLACK_DIGEST_MAX]
                 outcome = await self._send(client, _slack_digest([rows[i] for i in part]), now)
-                for i in part:
+                refused = outcome.error is not None  # rate-limited, most likely: the rest wait with it
+                for i in owed[start:] if refused else part:
                     outcomes[i] = outcome
+                if refused:
+                    return
 
         timeout = self.settings.webhook_timeout_seconds
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, verify=self._tls) as client:

@@ -238,6 +238,11 @@ async def test_a_slack_webhook_owed_many_messages_at_once_gets_digests(
     for headers, raw in receiver.received:
         assert notify.verify(SECRET, headers["x-opsledger-signature"], raw)
 
+    receiver.failures = len(receiver.received) + 1  # the next request is refused
+    refused = await webhooks.Webhooks(settings, ManualClock(T0))._post_all(slack, T0)
+    assert len(receiver.received) == 7 + 1, "after a refused digest, the next is not sent in the same round"
+    assert [o.status_code for o in refused] == [503] * 5
+
 
 @pytest.mark.parametrize("receiver", [{"failures": 1, "retry_after": "1800"}], indirect=True)
 async def test_a_receiver_asking_to_wait_is_tried_again_no_sooner(settings: Settings, receiver: Receiver) -> None:
