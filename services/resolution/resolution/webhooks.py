@@ -11,7 +11,7 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.header import Header
@@ -194,18 +194,15 @@ class Webhooks:
             return []
         if s.smtp_host is None:
             return [Outcome(None, "no SMTP server is configured (OPSLEDGER_SMTP_HOST)", 0.0)] * len(rows)
-        by_address: dict[str, list[int]] = {}
-        for i, row in enumerate(rows):
-            by_address.setdefault(row.target, []).append(i)
+        digested, alone = _digests(rows, lambda row: row.target, s.digest_after)
         groups: dict[int, list[tuple[list[int], MIMEText]]] = {}  # connection -> (rows, message) in order
-        for address, owed in by_address.items():
-            if len(owed) > s.digest_after:
-                digest = self._digest(address, [rows[i] for i in owed], now)
-                groups.setdefault(hash(address) % s.smtp_connections, []).append((owed, digest))
-                continue
-            for i in owed:
-                slot = hash(rows[i].incident_id) % s.smtp_connections
-                groups.setdefault(slot, []).append(([i], self._message(rows[i], now)))
+        for owed in digested:
+            address = rows[owed[0]].target
+            digest = self._digest(address, [rows[i] for i in owed], now)
+            groups.setdefault(hash(address) % s.smtp_connections, []).append((owed, digest))
+        for i in alone:
+            slot = hash(rows[i].incident_id) % s.smtp_connections
+            groups.setdefault(slot, []).append(([i], self._message(rows[i], now)))
         sent = await asyncio.gather(
             *(self.mailer.send(slot, [message for _, message in g]) for slot, g in groups.items())
         )
@@ -226,19 +223,13 @@ class Webhooks:
             return []  # no client: making one loads the trusted certificates, tens of milliseconds
         if self._tls is None:
             self._tls = httpx.create_ssl_context()  # once: every batch of a storm would load it again
-        by_subscription: dict[str, list[int]] = {}
-        for i, row in enumerate(rows):
-            if _usable(row) and row.channel == ChannelKind.SLACK_WEBHOOK:
-                by_subscription.setdefault(row.subscription_id, []).append(i)
-        digested = [owed for owed in by_subscription.values() if len(owed) > self.settings.digest_after]
-        alone = set(range(len(rows))).difference(*digested)
+        digested, alone = _digests(rows, _slack_subscription, self.settings.digest_after)
         outcomes = [Outcome(None, "not sent", 0.0)] * len(rows)
 
         async def one(client: httpx.AsyncClient, i: int) -> None:
             outcomes[i] = await self._send(client, rows[i], now)
 
         async def digests(client: httpx.AsyncClient, owed: list[int]) -> None:
-            owed = sorted(owed, key=lambda i: rows[i].created_at)
             for start in range(0, len(owed), SLACK_DIGEST_MAX):
                 part = owed[start : start + SLACK_DIGEST_MAX]
                 outcome = await self._send(client, _slack_digest([rows[i] for i in part]), now)
@@ -250,7 +241,7 @@ class Webhooks:
 
         timeout = self.settings.webhook_timeout_seconds
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, verify=self._tls) as client:
-            await asyncio.gather(*(one(client, i) for i in sorted(alone)), *(digests(client, o) for o in digested))
+            await asyncio.gather(*(one(client, i) for i in alone), *(digests(client, o) for o in digested))
         return outcomes
 
     def _message(self, row: Any, now: datetime) -> MIMEText:
@@ -258,8 +249,7 @@ class Webhooks:
         return self._email(row.target, row.body["subject"], row.body["text"], row.idempotency_key, row.event_type, now)
 
     def _digest(self, address: str, rows: Sequence[Any], now: datetime) -> MIMEText:
-        """One email listing `rows`' notifications in the order they were staged."""
-        rows = sorted(rows, key=lambda row: row.created_at)
+        """One email listing `rows`' notifications, in their order (oldest first)."""
         subject = f"{len(rows)} notifications: {rows[0].body['subject']} and {len(rows) - 1} more"
         items = [f"{n}. {row.body['subject']}\n\n{row.body['text']}" for n, row in enumerate(rows, 1)]
         text = f"{len(rows)} notifications for you, oldest first.\n\n" + "\n".join(items)
@@ -286,6 +276,26 @@ class Webhooks:
 def _usable(row: Any) -> bool:
     """The delivery's subscription still exists and is enabled."""
     return row.secret is not None and bool(row.enabled)
+
+
+def _digests(
+    rows: Sequence[Any], recipient: Callable[[Any], str | None], after: int
+) -> tuple[list[list[int]], list[int]]:
+    """Which of `rows` go as digests: per recipient owed more than `after` of them, their indexes
+    in the order they were staged (oldest first); and the indexes of the others, in `rows`' order.
+    A row whose recipient is None never goes in a digest."""
+    owed: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        if (who := recipient(row)) is not None:
+            owed.setdefault(who, []).append(i)
+    digested = [sorted(idx, key=lambda i: rows[i].created_at) for idx in owed.values() if len(idx) > after]
+    listed = {i for idx in digested for i in idx}
+    return digested, [i for i in range(len(rows)) if i not in listed]
+
+
+def _slack_subscription(row: Any) -> str | None:
+    """A Slack webhook delivery's subscription (its digests' recipient); None for any other."""
+    return row.subscription_id if _usable(row) and row.channel == ChannelKind.SLACK_WEBHOOK else None
 
 
 @dataclass(frozen=True)
