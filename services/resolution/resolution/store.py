@@ -238,7 +238,10 @@ async def record_attempts(session: AsyncSession, attempts: Sequence[Attempt]) ->
 
 
 async def deliveries_of(session: AsyncSession, subscription_id: str, limit: int) -> list[tuple[Any, list[Any]]]:
-    """The subscription's latest deliveries, each with its attempts (oldest first)."""
+    """The subscription's latest deliveries, each with its attempts (oldest first), read from one
+    snapshot: an attempt and the delivery's new state commit together, and read apart, the list
+    could show an attempt beside the delivery as it was before it. (`session`: not begun yet.)"""
+    await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     rows = list(
         await session.execute(
             sa.select(deliveries)
