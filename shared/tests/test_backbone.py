@@ -758,6 +758,48 @@ async def test_existing_topics_are_brought_to_the_stream_configuration(infra: Te
     assert config["max.message.bytes"] == str(MAX_EVENT_BYTES + TOPIC_HEADROOM_BYTES)
 
 
+async def test_outbox_rows_sent_over_a_day_ago_are_purged_oldest_first_a_bounded_slice_at_a_time(
+    infra: TestInfra, make_database: Any, topic_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opsledger.bus import outbox as outbox_module
+
+    # Two slices of two per purge, so a purge's bound and the passes after it show on a few rows.
+    monkeypatch.setattr(outbox_module, "OUTBOX_PURGE_SLICE", 2)
+    monkeypatch.setattr(outbox_module, "OUTBOX_PURGE_SLICES", 2)
+    settings = await make_settings(infra, make_database, topic_prefix)
+    engine = make_engine(settings)
+    now = datetime.now(UTC)
+
+    def sent(at: datetime) -> dict[str, Any]:
+        return {"event_id": uuid.uuid4(), "topic": "t", "key": b"k", "value": b"v", "created_at": at, "sent_at": at}
+
+    old = [sent(now - timedelta(days=1, minutes=10 - n)) for n in range(7)]
+    recent = [sent(now - timedelta(hours=1)) for _ in range(2)]
+    async with engine.begin() as conn:  # ids in the order they were sent, as the relay marks them
+        await conn.execute(sa.insert(outbox_table), old + recent)
+
+    async def kept() -> set[uuid.UUID]:
+        async with engine.connect() as conn:
+            return set((await conn.execute(sa.select(outbox_table.c.event_id))).scalars())
+
+    relay = OutboxRelay(settings, make_sessionmaker(engine), AIOKafkaProducer(), Outbox(settings))
+    left: list[set[uuid.UUID]] = []
+    for _ in range(2):  # its first pass purges; one that deleted all it may has the next go on
+        await relay.publish_batch()
+        left.append(await kept())
+    # Caught up: the next purge is hundreds of passes away, not on every pass.
+    late = sent(now - timedelta(days=2))
+    async with engine.begin() as conn:
+        await conn.execute(sa.insert(outbox_table), [late])
+    await relay.publish_batch()
+    left.append(await kept())
+    await engine.dispose()
+    everything = {r["event_id"] for r in old + recent}
+    assert left[0] == everything - {r["event_id"] for r in old[:4]}  # the oldest four: two slices
+    assert left[1] == {r["event_id"] for r in recent}
+    assert left[2] == {r["event_id"] for r in [*recent, late]}
+
+
 async def test_inbox_rows_older_than_the_retention_are_purged(
     infra: TestInfra, make_database: Any, topic_prefix: str
 ) -> None:

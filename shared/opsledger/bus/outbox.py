@@ -34,8 +34,24 @@ from opsledger.settings import ServiceSettings
 log = logging.getLogger(__name__)
 
 RELAY_LEASE = "outbox-relay"
-# Inbox rows are deleted in slices of this many, so a purge never holds a long transaction.
+# Purges run every PURGE_EVERY passes, each statement on its own (no long transaction), deleting at
+# most a slice: inbox rows by their `processed_at` index, sent outbox rows oldest first by id (the
+# order they were staged and sent in). A purge that deleted all it may leaves the next pass to go on.
+PURGE_EVERY = 500
 INBOX_PURGE_SLICE = 10_000
+OUTBOX_PURGE_SLICE = 1_000
+OUTBOX_PURGE_SLICES = 10
+# Sent rows are kept a day for inspection. Only the oldest slice of sent rows is read, so a purge
+# costs what it deletes, not the table: a day of a busy service's events is millions of rows, and the scan of
+# them all that this replaced grew with every hour of the day (0.1-0.4 s at 90,000 rows).
+_PURGE_OUTBOX = (
+    "DELETE FROM outbox WHERE id IN (SELECT id FROM (SELECT id, sent_at FROM outbox WHERE sent_at IS NOT NULL"
+    " ORDER BY id LIMIT $1) AS oldest WHERE sent_at < now() - interval '1 day')"
+)
+_PURGE_INBOX = (
+    "DELETE FROM inbox WHERE (consumer, event_id) IN (SELECT consumer, event_id FROM inbox"
+    " WHERE processed_at < now() - make_interval(days => $1) LIMIT $2)"
+)
 
 
 # Rows keep the order of the arrays, so the relay publishes in the order the events were staged.
@@ -228,8 +244,6 @@ class OutboxRelay:
             )
             header = next(r for r in found if r["id"] is None)
             rows = [r for r in found if r["id"] is not None]
-            if header["held"]:
-                await self._maybe_purge(conn)
         if header["server_started"] != self.server_started:
             # The database restarted since the last pass: it may have lost that pass's marks
             # (they commit without waiting for the disk, see _PASS), leaving rows below the floor
@@ -247,6 +261,7 @@ class OutboxRelay:
         self.floor.passed(header["snapshot"], int(header["own_xid"]), self._acked_unmarked)
         if len(rows) < self.settings.relay_batch_size:
             metrics.OUTBOX_BACKLOG.labels(self.settings.service_name).set(0)
+        await self._maybe_purge()  # after publishing: this pass's events do not wait for it
         return len(rows)
 
     async def _publish(self, rows: Sequence[Any]) -> None:
@@ -270,20 +285,23 @@ class OutboxRelay:
     async def _mark_sent(self, conn: asyncpg.Connection, ids: list[int]) -> None:
         await conn.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", ids)
 
-    async def _maybe_purge(self, conn: asyncpg.Connection) -> None:
-        # Sent rows are kept a day for inspection, inbox rows (redelivery detection) for
-        # `inbox_retention_days`; purged now and then, not on every pass, a slice at a time
-        # (each statement on its own: a purge holds no long transaction).
+    async def _maybe_purge(self) -> None:
         self._purge_countdown -= 1
         if self._purge_countdown > 0:
             return
-        self._purge_countdown = 500
-        await conn.execute("DELETE FROM outbox WHERE sent_at < now() - interval '1 day'")
-        await conn.execute(
-            "DELETE FROM inbox WHERE (consumer, event_id) IN (SELECT consumer, event_id FROM inbox"
-            " WHERE processed_at < now() - make_interval(days => $1) LIMIT $2)",
-            self.settings.inbox_retention_days,
-            INBOX_PURGE_SLICE,
-        )
-        backlog = await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+        async with pooled_driver(self.sessionmaker.kw["bind"]) as conn:
+            behind = True
+            for _ in range(OUTBOX_PURGE_SLICES):
+                if _count(await conn.execute(_PURGE_OUTBOX, OUTBOX_PURGE_SLICE)) < OUTBOX_PURGE_SLICE:
+                    behind = False  # the slice reached rows sent within the day
+                    break
+            inbox = await conn.execute(_PURGE_INBOX, self.settings.inbox_retention_days, INBOX_PURGE_SLICE)
+            behind = behind or _count(inbox) == INBOX_PURGE_SLICE
+            self._purge_countdown = 1 if behind else PURGE_EVERY
+            backlog = await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
         metrics.OUTBOX_BACKLOG.labels(self.settings.service_name).set(backlog or 0)
+
+
+def _count(status: str) -> int:
+    """The row count of a command's status ("DELETE 12")."""
+    return int(status.rsplit(" ", 1)[-1])
