@@ -172,7 +172,7 @@ class TimerRunner:
         self.max_idle_seconds = max_idle_seconds
         self._wake = asyncio.Event()
         self._next_wake: datetime | None = None
-        self._count_again_at = 0.0
+        self._count_again_at = self._count_all_again_at = 0.0
         _runners.add(self)
 
     def wake_for(self, due_at: datetime) -> None:
@@ -301,15 +301,21 @@ class TimerRunner:
 
     async def _count_now_and_then(self) -> None:
         """Set the gauges, busy or idle (a runner behind keeps firing without sleeping: that is
-        when its backlog matters). Counting 100,000 rows costs milliseconds: every 5 s at most."""
-        if asyncio.get_running_loop().time() < self._count_again_at:
+        when its backlog matters). The due ones every 5 s at most: a range of the `fire_at` index,
+        as long as the backlog. All of them every minute: a scan of the table, which holds every
+        clock of every open incident in the SLA service (0.14 s at 534,000 timers)."""
+        now = asyncio.get_running_loop().time()
+        if now < self._count_again_at:
             return
-        self._count_again_at = asyncio.get_running_loop().time() + 5.0
-        due = sa.func.count().filter(timers_table.c.fire_at <= self.clock.now())
+        self._count_again_at = now + 5.0
+        every = now >= self._count_all_again_at
         async with self.sessionmaker() as session:
-            pending_count, due_count = (await session.execute(sa.select(sa.func.count(), due))).one()
-        metrics.TIMERS_PENDING.labels(self.service).set(pending_count or 0)
-        metrics.TIMERS_DUE.labels(self.service).set(due_count or 0)
+            due = await session.scalar(sa.select(sa.func.count()).where(timers_table.c.fire_at <= self.clock.now()))
+            if every:
+                self._count_all_again_at = now + 60.0
+                pending = await session.scalar(sa.select(sa.func.count()).select_from(timers_table))
+                metrics.TIMERS_PENDING.labels(self.service).set(pending or 0)
+        metrics.TIMERS_DUE.labels(self.service).set(due or 0)
 
     async def _sleep_until_next(self, stop: asyncio.Event) -> None:
         async with self.sessionmaker() as session:
