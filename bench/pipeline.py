@@ -277,15 +277,18 @@ def cpu_ticks() -> tuple[dict[str, int], int, int]:
         for proc in Path("/proc").glob("[0-9]*"):
             with contextlib.suppress(OSError, ValueError, IndexError):
                 fields = stat(proc.name)
-                if proc.name == postmaster or fields[1] == postmaster:  # fields[1]: the parent's pid
+                if proc.name == postmaster:
+                    # With its children's that exited (cutime + cstime): a backend or autovacuum
+                    # worker that ends between two readings moves its time there, not out of the sum.
+                    ticks["postgres"] += used(fields) + int(fields[13]) + int(fields[14])
+                elif fields[1] == postmaster:  # fields[1]: the parent's pid
                     ticks["postgres"] += used(fields)
     machine = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     return ticks, machine[3] + machine[4], sum(machine)
 
 
 def cpu_line(before: tuple[dict[str, int], int, int], after: tuple[dict[str, int], int, int]) -> str:
-    """Each process's share of one core between the two readings, and the machine's idle share.
-    (A backend that exited in between is not counted.)"""
+    """Each process's share of one core between the two readings, and the machine's idle share."""
     (was, idle0, total0), (now, idle1, total1) = before, after
     cores = os.cpu_count() or 1
     seconds = (total1 - total0) / cores / os.sysconf("SC_CLK_TCK")
