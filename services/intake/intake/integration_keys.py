@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 PRODUCER = "intake"  # the producer named on intake's events
@@ -43,6 +45,30 @@ class KeyCache:
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self._entries: dict[str, tuple[Integration, float]] = {}
+        self._loading: dict[str, asyncio.Task[Integration | None]] = {}
+
+    async def get_or_load(self, key_hash: str, load: Callable[[], Awaitable[Integration | None]]) -> Integration | None:
+        """The cached integration, else `load`'s, cached. One load per key at a time: when an entry
+        expires under load, the requests in flight for that key wait for one read of the table
+        instead of each taking a database connection for the same row."""
+        found = self.get(key_hash)
+        if found is not None:
+            return found
+        loading = self._loading.get(key_hash)
+        if loading is None:
+            loading = self._loading[key_hash] = asyncio.ensure_future(self._load(key_hash, load))
+            loading.add_done_callback(_retrieved)  # its error is its callers' (none, if all went away)
+        # Shielded: a caller that goes away (its client hung up) does not cancel the others' read.
+        return await asyncio.shield(loading)
+
+    async def _load(self, key_hash: str, load: Callable[[], Awaitable[Integration | None]]) -> Integration | None:
+        try:
+            found = await load()
+        finally:
+            del self._loading[key_hash]
+        if found is not None:
+            self.put(key_hash, found)
+        return found
 
     def get(self, key_hash: str) -> Integration | None:
         entry = self._entries.get(key_hash)
@@ -59,3 +85,8 @@ class KeyCache:
         for key_hash, (integration, _) in list(self._entries.items()):
             if integration.integration_id == integration_id:
                 del self._entries[key_hash]
+
+
+def _retrieved(task: asyncio.Task[Integration | None]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -30,23 +30,21 @@ BOOTSTRAP_NAMESPACE = uuid.UUID("0b9f8a4e-2d51-4c4e-9d0c-5c3a3f1e7a10")
 
 async def lookup(runtime: IntakeRuntime, key: str) -> Integration | None:
     key_hash = hash_key(key)
-    cache = runtime.key_cache
-    found = cache.get(key_hash)
-    if found is not None:
-        return found
-    async with runtime.admission.slot(), runtime.engine.connect() as conn:
-        row = (
-            await conn.execute(
-                sa.select(table.c.integration_id, table.c.name, table.c.kind, table.c.disabled_at).where(
-                    table.c.key_hash == key_hash
+
+    async def read() -> Integration | None:
+        async with runtime.admission.slot(), runtime.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(table.c.integration_id, table.c.name, table.c.kind, table.c.disabled_at).where(
+                        table.c.key_hash == key_hash
+                    )
                 )
-            )
-        ).first()
-    if row is None:
-        return None
-    found = Integration(row.integration_id, row.name, row.kind, row.disabled_at is not None)
-    cache.put(key_hash, found)
-    return found
+            ).first()
+        if row is None:
+            return None
+        return Integration(row.integration_id, row.name, row.kind, row.disabled_at is not None)
+
+    return await runtime.key_cache.get_or_load(key_hash, read)
 
 
 async def authenticate(runtime: IntakeRuntime, key: str | None, kind: str, where: str = "authorization") -> Integration:

@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from opsledger.events import Envelope, Stream
 from opsledger.testing import TestInfra
@@ -247,6 +248,30 @@ async def test_integration_keys_admin_and_disable(infra: TestInfra, make_databas
     }
     assert key not in str([e.payload for e in config])
     assert config[2].subject == integration["integration_id"] and config[2].actor == "user:test-admin"
+
+
+async def test_alerts_arriving_together_for_an_uncached_key_read_it_once(
+    infra: TestInfra, make_database: Any, topic_prefix: str
+) -> None:
+    """When a key's cache entry expires under load, the requests in flight wait for one read of
+    the integrations table, where each took a database connection for the same row."""
+    settings = await make_settings(infra, make_database, topic_prefix)
+    async with intake(settings) as svc:
+        reads: list[str] = []
+
+        def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if "FROM integrations" in statement:
+                reads.append(statement)
+
+        svc.runtime.key_cache._entries.clear()  # as when the entry's time is up
+        event.listen(svc.runtime.engine.sync_engine, "before_cursor_execute", count)
+        try:
+            posts = [svc.post("/v1/alerts", generic_alert(dedup_key=f"together-{n}")) for n in range(20)]
+            answers = await asyncio.gather(*posts)
+        finally:
+            event.remove(svc.runtime.engine.sync_engine, "before_cursor_execute", count)
+    assert [a.status_code for a in answers] == [202] * 20, [a.text for a in answers]
+    assert len(reads) == 1, reads
 
 
 async def test_bootstrap_key_is_upserted_once(infra: TestInfra, make_database: Any, topic_prefix: str) -> None:
