@@ -40,20 +40,25 @@ def hash_key(key: str) -> str:
 
 class KeyCache:
     """Per-process cache of key lookups (the hot path should not read the integrations table on
-    every request). Entries live `ttl` seconds; the replica that disables a key forgets it at once."""
+    every request). Entries live `ttl` seconds; the replica that disables a key forgets it at once.
+    A key that matched no integration is remembered as unknown for as long: a sender posting with
+    a wrong key (a typo in Alertmanager's config, during a storm) would otherwise cost a read of
+    the table per request. It cannot hide a new integration: a created key is 128 random bits no
+    one posted with before, and the bootstrap key, known in advance, is forgotten by `bootstrap`."""
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
-        self._entries: dict[str, tuple[Integration, float]] = {}
+        self._entries: dict[str, tuple[Integration | None, float]] = {}
         self._loading: dict[str, asyncio.Task[Integration | None]] = {}
 
     async def get_or_load(self, key_hash: str, load: Callable[[], Awaitable[Integration | None]]) -> Integration | None:
-        """The cached integration, else `load`'s, cached. One load per key at a time: when an entry
-        expires under load, the requests in flight for that key wait for one read of the table
-        instead of each taking a database connection for the same row."""
-        found = self.get(key_hash)
-        if found is not None:
-            return found
+        """The cached answer (an integration, or None for an unknown key), else `load`'s, cached.
+        One load per key at a time: when an entry expires under load, the requests in flight for
+        that key wait for one read of the table instead of each taking a database connection for
+        the same row."""
+        entry = self._entries.get(key_hash)
+        if entry is not None and entry[1] >= time.monotonic():
+            return entry[0]
         loading = self._loading.get(key_hash)
         if loading is None:
             loading = self._loading[key_hash] = asyncio.ensure_future(self._load(key_hash, load))
@@ -66,25 +71,18 @@ class KeyCache:
             found = await load()
         finally:
             del self._loading[key_hash]
-        if found is not None:
-            self.put(key_hash, found)
-        return found
-
-    def get(self, key_hash: str) -> Integration | None:
-        entry = self._entries.get(key_hash)
-        if entry is None or entry[1] < time.monotonic():
-            return None
-        return entry[0]
-
-    def put(self, key_hash: str, integration: Integration) -> None:
         if len(self._entries) > 10_000:
             self._entries.clear()
-        self._entries[key_hash] = (integration, time.monotonic() + self.ttl)
+        self._entries[key_hash] = (found, time.monotonic() + self.ttl)
+        return found
 
     def forget(self, integration_id: uuid.UUID) -> None:
         for key_hash, (integration, _) in list(self._entries.items()):
-            if integration.integration_id == integration_id:
+            if integration is not None and integration.integration_id == integration_id:
                 del self._entries[key_hash]
+
+    def forget_key(self, key_hash: str) -> None:
+        self._entries.pop(key_hash, None)
 
 
 def _retrieved(task: asyncio.Task[Integration | None]) -> None:

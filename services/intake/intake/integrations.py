@@ -221,3 +221,4 @@ async def bootstrap(runtime: IntakeRuntime, key: str, name: str = "demo") -> Non
                 occurred_at=now,
             )
             await runtime.outbox.add(session, [event])
+    runtime.key_cache.forget_key(key_hash)  # a request that came first may have found it unknown

@@ -274,6 +274,32 @@ async def test_alerts_arriving_together_for_an_uncached_key_read_it_once(
     assert len(reads) == 1, reads
 
 
+async def test_an_unknown_key_is_read_once_per_cache_period_and_a_created_key_works_at_once(
+    infra: TestInfra, make_database: Any, topic_prefix: str
+) -> None:
+    """A sender posting with a wrong key costs one read of the integrations table per cache
+    period, not one per request; a key created meanwhile is not hidden by it."""
+    settings = await make_settings(infra, make_database, topic_prefix)
+    async with intake(settings) as svc:
+        reads: list[str] = []
+
+        def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if "FROM integrations" in statement:
+                reads.append(statement)
+
+        event.listen(svc.runtime.engine.sync_engine, "before_cursor_execute", count)
+        try:
+            for n in range(10):
+                refused = await svc.post("/v1/alerts", generic_alert(dedup_key=f"typo-{n}"), key="wr0ng-key-0123456789")
+                assert refused.status_code == 401, refused.text
+            assert len(reads) == 1, reads
+            created = await svc.client.post("/v1/integrations", json={"name": "new", "kind": "any"}, headers=ADMIN)
+            accepted = await svc.post("/v1/alerts", generic_alert(dedup_key="new-key"), created.json()["key"])
+            assert accepted.status_code == 202, accepted.text
+        finally:
+            event.remove(svc.runtime.engine.sync_engine, "before_cursor_execute", count)
+
+
 async def test_bootstrap_key_is_upserted_once(infra: TestInfra, make_database: Any, topic_prefix: str) -> None:
     settings = await make_settings(infra, make_database, topic_prefix, bootstrap_integration_key="demo-key-123456")
     for _ in range(2):  # a restart must not create a second integration or event
