@@ -66,6 +66,8 @@ deliveries = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("next_attempt_at", sa.DateTime(timezone=True)),
     sa.Column("delivered_at", sa.DateTime(timezone=True)),
+    # Staging order (one batch's rows share created_at): the order a round sends them in.
+    sa.Column("seq", sa.BigInteger, sa.Identity(), nullable=False),
 )
 
 delivery_attempts = sa.Table(
@@ -169,7 +171,8 @@ async def add_deliveries(session: AsyncSession, rows: Sequence[dict[str, Any]]) 
 
 
 async def pending_deliveries(session: AsyncSession, keys: Collection[tuple[str, uuid.UUID]]) -> list[Any]:
-    """The deliveries among `keys` still pending, with their subscription's target and secrets (locked)."""
+    """The deliveries among `keys` still pending, with their subscription's target and secrets
+    (locked), in the order they were staged: one incident's emails go out in the order of its events."""
     if not keys:
         return []
     query = (
@@ -177,6 +180,7 @@ async def pending_deliveries(session: AsyncSession, keys: Collection[tuple[str, 
         .join(subscriptions, subscriptions.c.subscription_id == deliveries.c.subscription_id, isouter=True)
         .where(sa.tuple_(deliveries.c.subscription_id, deliveries.c.event_id).in_(list(keys)))
         .where(deliveries.c.status == "pending")
+        .order_by(deliveries.c.seq)
         .with_for_update(of=deliveries)
     )
     return list(await session.execute(query))
@@ -246,7 +250,7 @@ async def deliveries_of(session: AsyncSession, subscription_id: str, limit: int)
         await session.execute(
             sa.select(deliveries)
             .where(deliveries.c.subscription_id == subscription_id)
-            .order_by(deliveries.c.created_at.desc(), deliveries.c.event_id)
+            .order_by(deliveries.c.created_at.desc(), deliveries.c.seq.desc())
             .limit(limit)
         )
     )

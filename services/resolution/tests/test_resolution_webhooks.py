@@ -32,7 +32,7 @@ from opsledger.events.common import PersonRef
 from opsledger.events.intake import IncidentLogged
 from opsledger.testing import ServiceProcess, TestInfra, eventually, read_topic, running_app, session_tokens
 from opsledger.testing.helpers import envelopes, free_port
-from resolution import notify, webhooks
+from resolution import notify, store, webhooks
 from resolution.app import build
 from resolution.runtime import ResolutionRuntime
 from resolution.settings import Settings
@@ -329,6 +329,39 @@ async def test_a_sigkill_during_a_delivery_repeats_only_that_attempt_under_its_k
         assert [len(d["attempts"]) for d in deliveries] == [1, 1], "the killed attempt left no record"
     finally:
         service.kill()
+
+
+async def test_a_round_of_due_deliveries_is_read_in_the_order_they_were_staged(settings: Settings) -> None:
+    """One consumed batch stages its deliveries with one `created_at`; a round reads them in that
+    order (one incident's emails then go out in the order of its events), not in the random order
+    of their event ids."""
+    app: FastAPI = build(settings, ManualClock(T0))
+    async with running_app(app):
+        runtime: ResolutionRuntime = app.state.runtime
+        incident_id = uuid.uuid4()
+        staged = [uuid.uuid4() for _ in range(12)]
+        rows = [
+            {
+                "subscription_id": "sub-order",
+                "event_id": event_id,
+                "idempotency_key": f"key-{n}",
+                "event_type": "IncidentAssigned",
+                "incident_id": incident_id,
+                "channel": "email",
+                "target": "a@example.com",
+                "body": {"n": n},
+                "status": "pending",
+                "attempts": 0,
+                "created_at": T0,
+                "next_attempt_at": T0,
+            }
+            for n, event_id in enumerate(staged)
+        ]
+        async with runtime.sessionmaker() as session, session.begin():
+            await store.add_deliveries(session, rows)
+        async with runtime.sessionmaker() as session, session.begin():
+            due = await store.pending_deliveries(session, {("sub-order", e) for e in reversed(staged)})
+    assert [r.event_id for r in due] == staged
 
 
 async def _count(receiver: Receiver, n: int) -> bool:
