@@ -4,8 +4,10 @@ de-duplication, the PagerDuty dedup_key lifecycle, flapping, concurrency, integr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -250,6 +252,22 @@ async def test_integration_keys_admin_and_disable(infra: TestInfra, make_databas
     assert config[2].subject == integration["integration_id"] and config[2].actor == "user:test-admin"
 
 
+@contextlib.contextmanager
+def key_reads(svc: Any) -> Iterator[list[str]]:
+    """The reads of the integrations table made meanwhile."""
+    reads: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM integrations" in statement:
+            reads.append(statement)
+
+    event.listen(svc.runtime.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        yield reads
+    finally:
+        event.remove(svc.runtime.engine.sync_engine, "before_cursor_execute", count)
+
+
 async def test_alerts_arriving_together_for_an_uncached_key_read_it_once(
     infra: TestInfra, make_database: Any, topic_prefix: str
 ) -> None:
@@ -257,19 +275,10 @@ async def test_alerts_arriving_together_for_an_uncached_key_read_it_once(
     the integrations table, where each took a database connection for the same row."""
     settings = await make_settings(infra, make_database, topic_prefix)
     async with intake(settings) as svc:
-        reads: list[str] = []
-
-        def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-            if "FROM integrations" in statement:
-                reads.append(statement)
-
         svc.runtime.key_cache._entries.clear()  # as when the entry's time is up
-        event.listen(svc.runtime.engine.sync_engine, "before_cursor_execute", count)
-        try:
+        with key_reads(svc) as reads:
             posts = [svc.post("/v1/alerts", generic_alert(dedup_key=f"together-{n}")) for n in range(20)]
             answers = await asyncio.gather(*posts)
-        finally:
-            event.remove(svc.runtime.engine.sync_engine, "before_cursor_execute", count)
     assert [a.status_code for a in answers] == [202] * 20, [a.text for a in answers]
     assert len(reads) == 1, reads
 
@@ -281,23 +290,14 @@ async def test_an_unknown_key_is_read_once_per_cache_period_and_a_created_key_wo
     period, not one per request; a key created meanwhile is not hidden by it."""
     settings = await make_settings(infra, make_database, topic_prefix)
     async with intake(settings) as svc:
-        reads: list[str] = []
-
-        def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-            if "FROM integrations" in statement:
-                reads.append(statement)
-
-        event.listen(svc.runtime.engine.sync_engine, "before_cursor_execute", count)
-        try:
+        with key_reads(svc) as reads:
             for n in range(10):
                 refused = await svc.post("/v1/alerts", generic_alert(dedup_key=f"typo-{n}"), key="wr0ng-key-0123456789")
                 assert refused.status_code == 401, refused.text
-            assert len(reads) == 1, reads
-            created = await svc.client.post("/v1/integrations", json={"name": "new", "kind": "any"}, headers=ADMIN)
-            accepted = await svc.post("/v1/alerts", generic_alert(dedup_key="new-key"), created.json()["key"])
-            assert accepted.status_code == 202, accepted.text
-        finally:
-            event.remove(svc.runtime.engine.sync_engine, "before_cursor_execute", count)
+        assert len(reads) == 1, reads
+        created = await svc.client.post("/v1/integrations", json={"name": "new", "kind": "any"}, headers=ADMIN)
+        accepted = await svc.post("/v1/alerts", generic_alert(dedup_key="new-key"), created.json()["key"])
+        assert accepted.status_code == 202, accepted.text
 
 
 async def test_bootstrap_key_is_upserted_once(infra: TestInfra, make_database: Any, topic_prefix: str) -> None:
