@@ -198,19 +198,41 @@ def verify(secret: str, header: str, raw_body: bytes) -> bool:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, up to `max_attempts` attempts in all."""
+    """Exponential backoff with full jitter, up to `max_attempts` failed attempts. A receiver
+    answering 429 (rate limited: it is up, and asks us to slow down) does not use one up: during
+    a storm Slack refuses most of a burst that way, and those notifications gave up after 8 such
+    answers in minutes. It is tried again, as late as it asked, for `rate_limited_for` after the
+    delivery was staged."""
 
     max_attempts: int = 8
     base: timedelta = timedelta(seconds=10)
     cap: timedelta = timedelta(hours=1)
+    rate_limited_for: timedelta = timedelta(days=1)
 
-    def delay(self, attempts: int, rng: random.Random | None = None) -> timedelta | None:
-        """The wait before the next attempt after `attempts` failed ones; None: give up."""
-        if attempts >= self.max_attempts:
+    def after_failure(
+        self,
+        attempts: int,
+        counted: int,
+        *,
+        rate_limited: bool = False,
+        retry_after: float | None = None,
+        age: timedelta = timedelta(0),
+        rng: random.Random | None = None,
+    ) -> timedelta | None:
+        """The wait before the next attempt, or None: give up. `attempts`: made so far (the waits
+        grow with each); `counted`: those that used one up (all but the rate-limited ones);
+        `retry_after`: what the receiver asked, honoured up to `cap`; `age`: since it was staged."""
+        if rate_limited:
+            if age >= self.rate_limited_for:
+                return None
+        elif counted >= self.max_attempts:
             return None
         ceiling = min(self.cap.total_seconds(), self.base.total_seconds() * 2 ** (attempts - 1))
         # Full jitter, but never less than half: receivers coming back are not hit all at once.
-        return timedelta(seconds=ceiling / 2 + (rng or random).uniform(0, ceiling / 2))
+        wait = timedelta(seconds=ceiling / 2 + (rng or random).uniform(0, ceiling / 2))
+        if retry_after is not None:
+            wait = max(wait, min(timedelta(seconds=retry_after), self.cap))
+        return wait
 
 
 def retry_after(value: str | None, now: datetime) -> float | None:

@@ -33,6 +33,9 @@ class Settings(ServiceSettings):
     webhook_max_attempts: int = Field(default=8, ge=1)
     webhook_retry_base_seconds: float = Field(default=10.0, gt=0)
     webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    # A 429 (the receiver is rate limiting: up, and asking us to slow down) uses no attempt up: such
+    # a delivery is tried again, as late as asked, until this long after it was staged.
+    webhook_rate_limited_seconds: float = Field(default=86400.0, gt=0)
     # A person (email) or a Slack webhook owed more notifications than this in one sending round
     # gets digests listing them (an alert storm assigns someone dozens of incidents a second: one
     # email each buried them, and paging fell seconds behind the storm; Slack takes about one

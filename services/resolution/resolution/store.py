@@ -68,6 +68,8 @@ deliveries = sa.Table(
     sa.Column("delivered_at", sa.DateTime(timezone=True)),
     # Staging order (one batch's rows share created_at): the order a round sends them in.
     sa.Column("seq", sa.BigInteger, sa.Identity(), nullable=False),
+    # Attempts answered 429: they use none of WEBHOOK_MAX_ATTEMPTS up (notify.RetryPolicy).
+    sa.Column("rate_limited", sa.Integer, nullable=False, server_default="0"),
 )
 
 delivery_attempts = sa.Table(
@@ -199,17 +201,20 @@ class Attempt:
     duration_ms: float
     status: str  # pending | delivered | failed
     next_attempt_at: datetime | None
+    rate_limited: int  # the delivery's attempts answered 429, this one included
 
 
 # Every delivery of a batch moved on in one statement: each row found by its own primary-key probe
 # and updated by its ctid (as intake saves alert states), where executemany ran an UPDATE each.
 _AFTER_ATTEMPTS = (
     "WITH u AS (SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int[], $5::timestamptz[],"
-    " $6::timestamptz[]) AS u(subscription_id, event_id, status, attempt, next_attempt_at, delivered_at)),"
+    " $6::timestamptz[], $7::int[]) AS u(subscription_id, event_id, status, attempt, next_attempt_at, delivered_at,"
+    " rate_limited)),"
     " t AS (SELECT d.tid, u.* FROM u, LATERAL (SELECT ctid AS tid FROM deliveries"
     " WHERE subscription_id = u.subscription_id AND event_id = u.event_id LIMIT 1) AS d)"
     " UPDATE deliveries AS d SET status = t.status, attempts = t.attempt, next_attempt_at = t.next_attempt_at,"
-    " delivered_at = t.delivered_at FROM t WHERE d.ctid = ANY(ARRAY(SELECT tid FROM t)) AND d.ctid = t.tid"
+    " delivered_at = t.delivered_at, rate_limited = t.rate_limited"
+    " FROM t WHERE d.ctid = ANY(ARRAY(SELECT tid FROM t)) AND d.ctid = t.tid"
 )
 
 
@@ -238,6 +243,7 @@ async def record_attempts(session: AsyncSession, attempts: Sequence[Attempt]) ->
         [a.attempt for a in attempts],
         [a.next_attempt_at for a in attempts],
         [a.at if a.status == "delivered" else None for a in attempts],
+        [a.rate_limited for a in attempts],
     )
 
 

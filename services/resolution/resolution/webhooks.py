@@ -51,6 +51,7 @@ class Webhooks:
             max_attempts=settings.webhook_max_attempts,
             base=timedelta(seconds=settings.webhook_retry_base_seconds),
             cap=timedelta(seconds=settings.webhook_retry_max_seconds),
+            rate_limited_for=timedelta(seconds=settings.webhook_rate_limited_seconds),
         )
 
     async def close(self) -> None:
@@ -120,14 +121,25 @@ class Webhooks:
         attempts, later = [], []
         for row, outcome in zip([*others, *emails], [*sent, *mailed], strict=True):
             attempt = row.attempts + 1
+            rate_limited = row.rate_limited
             next_at: datetime | None = None
             if outcome.error is None:
                 status = "delivered"
             else:
-                delay = self.retry.delay(attempt) if row.enabled else None
-                if delay is not None and outcome.retry_after is not None:
-                    # As long as the receiver asked (Slack's rate limit says so on a 429), up to our longest wait.
-                    delay = max(delay, min(timedelta(seconds=outcome.retry_after), self.retry.cap))
+                # A 429 (and a Slack digest's deliveries that waited behind a refused one) uses none up.
+                limited = outcome.status_code == 429
+                rate_limited += limited
+                delay = (
+                    self.retry.after_failure(
+                        attempt,
+                        attempt - rate_limited,
+                        rate_limited=limited,
+                        retry_after=outcome.retry_after,
+                        age=now - row.created_at,
+                    )
+                    if row.enabled
+                    else None
+                )
                 status = "pending" if delay is not None else "failed"
                 if delay is not None:
                     next_at = now + delay
@@ -152,6 +164,7 @@ class Webhooks:
                     duration_ms=outcome.duration_ms,
                     status=status,
                     next_attempt_at=next_at,
+                    rate_limited=rate_limited,
                 )
             )
         await store.record_attempts(session, attempts)

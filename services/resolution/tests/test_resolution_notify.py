@@ -110,11 +110,23 @@ def test_one_idempotency_key_per_event_and_subscription() -> None:
 def test_retries_back_off_exponentially_with_jitter_then_give_up() -> None:
     policy = notify.RetryPolicy(max_attempts=4, base=timedelta(seconds=10), cap=timedelta(seconds=30))
     rng = random.Random(7)
-    delays = [policy.delay(n, rng) for n in (1, 2, 3)]
+    delays = [policy.after_failure(n, n, rng=rng) for n in (1, 2, 3)]
     bounds = [(5, 10), (10, 20), (15, 30)]
     for delay, (low, high) in zip(delays, bounds, strict=True):
         assert delay is not None and low <= delay.total_seconds() <= high
-    assert policy.delay(4, rng) is None
+    assert policy.after_failure(4, 4, rng=rng) is None
+
+
+def test_a_rate_limited_attempt_waits_as_asked_and_uses_no_attempt_up_until_a_day_has_passed() -> None:
+    policy = notify.RetryPolicy(max_attempts=4, base=timedelta(seconds=10), cap=timedelta(hours=1))
+    hour = timedelta(hours=1)
+    # Ten attempts, six of them answered 429: four used up, but the last was rate limited.
+    wait = policy.after_failure(10, 4, rate_limited=True, retry_after=5, age=hour)
+    assert wait is not None and timedelta(minutes=30) <= wait <= hour, "the waits still grow with every attempt"
+    assert policy.after_failure(10, 4, rate_limited=True, retry_after=7200, age=hour) == hour, "as asked, up to the cap"
+    assert policy.after_failure(10, 4, rate_limited=True, age=timedelta(days=1)) is None, "a day after it was staged"
+    assert policy.after_failure(10, 4, retry_after=5, age=hour) is None, "a 503 uses one up: the fourth"
+    assert policy.after_failure(10, 3, retry_after=5, age=hour) is not None
 
 
 def test_a_receivers_retry_after_is_read_as_seconds_or_a_date() -> None:

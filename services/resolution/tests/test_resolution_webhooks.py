@@ -275,6 +275,39 @@ async def test_a_receiver_asking_to_wait_is_tried_again_no_sooner(settings: Sett
         await eventually(lambda: _count(receiver, 2), timeout=60, what="the second attempt")
 
 
+@pytest.mark.parametrize("receiver", [{"failures": 4, "retry_after": "60"}], indirect=True)
+async def test_a_rate_limited_delivery_uses_no_attempt_up_and_is_delivered_once_let_through(
+    settings: Settings, receiver: Receiver
+) -> None:
+    """Four 429s with two attempts allowed: the delivery keeps waiting its turn, and goes out."""
+    settings.webhook_max_attempts = 2
+    clock = ManualClock(T0)
+    app: FastAPI = build(settings, clock)
+    async with running_app(app) as client:
+        body = {"channel": "slack_webhook", "target": receiver.url, "filters": {"event_types": ["IncidentAssigned"]}}
+        created = await client.post("/v1/subscriptions", json=body, headers=MANAGER)
+        assert created.status_code == 201, created.text
+        sub_id = created.json()["subscription_id"]
+        assigned = IncidentAssigned(team_id="dba", assignee=PersonRef(sub="bob"), reason="x")
+        await publish(settings, uuid.uuid4(), assigned)
+        runtime = app.state.runtime
+        assert isinstance(runtime, ResolutionRuntime) and runtime.timers is not None
+        for expected in range(1, 6):
+            if expected > 1:
+                clock.advance(timedelta(hours=1))
+                await runtime.timers.run_due(clock.now())
+            await eventually(lambda n=expected: _count(receiver, n), timeout=60, what=f"{expected} request(s)")
+
+        async def recorded() -> list[dict[str, Any]]:
+            answer = await client.get(f"/v1/subscriptions/{sub_id}/deliveries", headers=MANAGER)
+            deliveries: list[dict[str, Any]] = answer.json()["deliveries"]
+            return deliveries if deliveries and deliveries[0]["status"] != "pending" else []
+
+        (delivery,) = await eventually(recorded, timeout=60, what="the delivery settled")
+    assert delivery["status"] == "delivered"
+    assert [a["status_code"] for a in delivery["attempts"]] == [429, 429, 429, 429, 204]
+
+
 @pytest.mark.parametrize("receiver", [{"hold_first": True}], indirect=True)
 async def test_a_sigkill_during_a_delivery_repeats_only_that_attempt_under_its_key(
     settings: Settings, receiver: Receiver, tmp_path: Any
