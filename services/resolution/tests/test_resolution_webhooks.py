@@ -249,12 +249,7 @@ async def test_a_receiver_asking_to_wait_is_tried_again_no_sooner(settings: Sett
     clock = ManualClock(T0)
     app: FastAPI = build(settings, clock)
     async with running_app(app) as client:
-        body = {"channel": "slack_webhook", "target": receiver.url, "filters": {"event_types": ["IncidentAssigned"]}}
-        created = await client.post("/v1/subscriptions", json=body, headers=MANAGER)
-        assert created.status_code == 201, created.text
-        sub_id = created.json()["subscription_id"]
-        incident_id = uuid.uuid4()
-        await publish(settings, incident_id, IncidentAssigned(team_id="dba", assignee=PersonRef(sub="bob"), reason="x"))
+        sub_id = await slack_hook_owed_one_page(client, settings, receiver)
 
         async def waiting() -> list[dict[str, Any]]:
             answer = await client.get(f"/v1/subscriptions/{sub_id}/deliveries", headers=MANAGER)
@@ -284,12 +279,7 @@ async def test_a_rate_limited_delivery_uses_no_attempt_up_and_is_delivered_once_
     clock = ManualClock(T0)
     app: FastAPI = build(settings, clock)
     async with running_app(app) as client:
-        body = {"channel": "slack_webhook", "target": receiver.url, "filters": {"event_types": ["IncidentAssigned"]}}
-        created = await client.post("/v1/subscriptions", json=body, headers=MANAGER)
-        assert created.status_code == 201, created.text
-        sub_id = created.json()["subscription_id"]
-        assigned = IncidentAssigned(team_id="dba", assignee=PersonRef(sub="bob"), reason="x")
-        await publish(settings, uuid.uuid4(), assigned)
+        sub_id = await slack_hook_owed_one_page(client, settings, receiver)
         runtime = app.state.runtime
         assert isinstance(runtime, ResolutionRuntime) and runtime.timers is not None
         for expected in range(1, 6):
@@ -395,6 +385,16 @@ async def test_a_round_of_due_deliveries_is_read_in_the_order_they_were_staged(s
         async with runtime.sessionmaker() as session, session.begin():
             due = await store.pending_deliveries(session, {("sub-order", e) for e in reversed(staged)})
     assert [r.event_id for r in due] == staged
+
+
+async def slack_hook_owed_one_page(client: httpx.AsyncClient, settings: Settings, receiver: Receiver) -> str:
+    """A Slack webhook subscription to `receiver` for assignments, and one assignment on the log."""
+    body = {"channel": "slack_webhook", "target": receiver.url, "filters": {"event_types": ["IncidentAssigned"]}}
+    created = await client.post("/v1/subscriptions", json=body, headers=MANAGER)
+    assert created.status_code == 201, created.text
+    await publish(settings, uuid.uuid4(), IncidentAssigned(team_id="dba", assignee=PersonRef(sub="bob"), reason="x"))
+    subscription_id: str = created.json()["subscription_id"]
+    return subscription_id
 
 
 async def _count(receiver: Receiver, n: int) -> bool:
