@@ -1,5 +1,7 @@
-"""Unit tests: envelope round trip, deterministic derived ids, registry decoding and upcasting."""
+"""Unit tests: envelope round trip, deterministic derived ids, time-ordered minted ids, registry
+decoding and upcasting."""
 
+import time
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -17,6 +19,7 @@ from opsledger.events import (
 )
 from opsledger.events.intake import IncidentLogged
 from opsledger.events.registry import EventRegistry
+from opsledger.ids import uuid7
 
 
 def logged(**overrides: object) -> IncidentLogged:
@@ -59,6 +62,22 @@ def test_derived_event_ids_are_deterministic_and_inherit_correlation() -> None:
     )
     assert first.event_id == again.event_id != other.event_id
     assert first.causation_id == cause.event_id and first.correlation_id == "alert-7"
+
+
+def test_minted_ids_are_uuid7_in_the_order_of_their_milliseconds() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = [uuid7() for _ in range(5_000)]  # over a few milliseconds
+    after = time.time_ns() // 1_000_000
+    assert len(set(ids)) == len(ids)
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
+    millis = [i.int >> 80 for i in ids]
+    assert before <= millis[0] and millis[-1] <= after and millis == sorted(millis)
+    assert len(set(millis)) > 1, "the run spanned milliseconds"
+    # As the database's index orders them: by value, hence by millisecond first.
+    assert [i.int >> 80 for i in sorted(ids)] == millis
+    root = new_event(logged(), producer="intake", actor="a", incident_id=uuid7())
+    derived = new_event(logged(), producer="triage", actor="system:triage", incident_id=root.incident_id, cause=root)
+    assert root.event_id.version == 7 and derived.event_id.version == 5, "a derived event keeps its uuid5"
 
 
 def test_registry_upcasts_old_versions_and_refuses_newer_ones() -> None:

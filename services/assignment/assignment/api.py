@@ -32,6 +32,7 @@ from opsledger.events.assignment import (
     TeamMember,
 )
 from opsledger.events.common import PersonRef
+from opsledger.ids import uuid7
 from opsledger.problems import FieldError, Problem, ProblemDetails
 from opsledger.service import UnitOfWorkDep, runtime_of
 
@@ -756,7 +757,7 @@ async def create_task(
     incident_id: uuid.UUID, body: TaskBody, runtime: Runtime, uow: UnitOfWorkDep, who: Principal = Depends(work_access)
 ) -> dict[str, Any]:
     """Split a task off the incident: TaskCreated (and TaskAssigned when the service picks the person)."""
-    task_id = uuid.uuid4()
+    task_id = uuid7()
     command = tasks.create(
         incident_id,
         _caller(who),

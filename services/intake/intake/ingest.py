@@ -33,6 +33,7 @@ from opsledger.bus.outbox import Outbox
 from opsledger.db import CombinedWrites, driver_connection
 from opsledger.events import Envelope, EventPayload, derived_event_id, new_event
 from opsledger.events.resolution import CorrelationRefused
+from opsledger.ids import uuid7
 
 if TYPE_CHECKING:
     from intake.runtime import IntakeRuntime
@@ -102,7 +103,7 @@ async def apply_alerts(
         for signal in request.signals:
             signal = _with_integration(signal, request.integration)
             where = (request.scope, signal.dedup_key)
-            outcome = decide(states[where], signal, now=now, policy=policy, new_incident_id=uuid.uuid4())
+            outcome = decide(states[where], signal, now=now, policy=policy, new_incident_id=uuid7())
             states[where] = outcome.state
             envelopes.extend(
                 _event(
@@ -208,7 +209,7 @@ def _with_integration(signal: AlertSignal, integration: Integration) -> AlertSig
 
 async def ingest_report(runtime: IntakeRuntime, report: Report, actor: str, correlation_id: str) -> uuid.UUID:
     """A person's report always opens a new incident."""
-    incident_id = uuid.uuid4()
+    incident_id = uuid7()
     now = runtime.clock.now()
     payload = report_logged(report, incident_id=incident_id, received_at=now)
     envelope = _event(payload, actor=actor, incident_id=incident_id, correlation_id=correlation_id, now=now)

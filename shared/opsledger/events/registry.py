@@ -13,6 +13,7 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from opsledger.events.envelope import Envelope, derived_event_id, utcnow
+from opsledger.ids import uuid7
 
 
 class Stream(enum.StrEnum):
@@ -140,7 +141,7 @@ def new_event(
     """Wrap a payload in an envelope. An event reacting to `cause` inherits its correlation id
     and gets a deterministic id (so re-deriving it during a rebuild yields the same event)."""
     if event_id is None:
-        event_id = derived_event_id(cause.event_id, payload.event_type, ordinal) if cause is not None else uuid.uuid4()
+        event_id = derived_event_id(cause.event_id, payload.event_type, ordinal) if cause is not None else uuid7()
     if subject is None:
         if incident_id is None:
             raise ValueError("an event needs an incident_id or a subject")
