@@ -70,10 +70,14 @@ class KeyCache:
         try:
             found = await load()
         finally:
-            del self._loading[key_hash]
-        if len(self._entries) > 10_000:
-            self._entries.clear()
-        self._entries[key_hash] = (found, time.monotonic() + self.ttl)
+            # Not ours any more if the key was forgotten meanwhile: what this read saw may be stale.
+            current = self._loading.get(key_hash) is asyncio.current_task()
+            if current:
+                del self._loading[key_hash]
+        if current:
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            self._entries[key_hash] = (found, time.monotonic() + self.ttl)
         return found
 
     def forget(self, integration_id: uuid.UUID) -> None:
@@ -82,7 +86,10 @@ class KeyCache:
                 del self._entries[key_hash]
 
     def forget_key(self, key_hash: str) -> None:
+        """Forget what is known of the key, and what a read in flight will find (it may have
+        begun before the change that calls this)."""
         self._entries.pop(key_hash, None)
+        self._loading.pop(key_hash, None)
 
 
 def _retrieved(task: asyncio.Task[Integration | None]) -> None:
