@@ -1,7 +1,9 @@
 """Benchmark of the intake service under load from wrk (a lean C load generator, so the client
 does not eat the core it measures), with two baselines measured in the same run on the same
 machine: a FastAPI app that only parses the body and answers (the HTTP ceiling), and one that does
-one upsert per request on the same PostgreSQL (bench/support/baseline_apps.py).
+one upsert per request on the same PostgreSQL (bench/support/baseline_apps.py). Intake runs with
+as many worker processes as `make up` gives it (2; --workers); the baselines run one process each,
+as the issue measured them.
 
 Prints, for each: alerts/s, p50 and p99 at 1, 8, 32 and 128 connections, and intake's ratio to
 each baseline; Alertmanager bodies of 100 alerts; and under overload (128 to 1,024 connections)
@@ -162,6 +164,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="duration of each wrk run")
     parser.add_argument("--batch", type=int, default=100, help="alerts per Alertmanager body")
     parser.add_argument("--alerta", action="store_true", help="also measure Alerta 9.1.0 (installs it once)")
+    parser.add_argument("--workers", type=int, default=2, help="intake's worker processes (make up runs 2)")
     args = parser.parse_args()
     ensure_wrk()
     if args.alerta:
@@ -176,6 +179,7 @@ async def main() -> None:
         "OPSLEDGER_TOPIC_PREFIX": infra.unique("bench"),
         "OPSLEDGER_BOOTSTRAP_INTEGRATION_KEY": KEY,
         "OPSLEDGER_LOG_LEVEL": "WARNING",
+        "OPSLEDGER_WORKERS": str(args.workers),
     }
     await infra.create_database(baseline_db)
     intake = ServiceProcess("intake", env)
@@ -217,6 +221,7 @@ async def main() -> None:
         await infra.drop_database(baseline_db)
         if args.alerta:
             await infra.drop_database(alerta_db)
+    print(f"intake with {args.workers} worker process(es)")
     print(f"{'scenario':<34} {'conn':>5} {'alerts/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'503/s':>8} {'other':>6}")
     print("\n".join(lines))
     print("intake / baseline, alerts/s:")

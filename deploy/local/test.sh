@@ -8,7 +8,9 @@ TEST_DIR=$STATE_DIR/test
 export PG_PORT=${TEST_PG_PORT:-15432} KAFKA_PORT=${TEST_KAFKA_PORT:-19092}
 export PG_DIR=$TEST_DIR/postgres KAFKA_DIR=$TEST_DIR/kafka
 
-echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check .
+echo "== ruff"  # two commands: under set -e, a failure on the left of && would not stop the run
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 echo "== mypy shared/ and every service"
 .venv/bin/mypy shared/opsledger $(for s in "${SERVICES[@]}"; do echo "services/$s/$s"; done)
 

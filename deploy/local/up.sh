@@ -71,6 +71,7 @@ for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$SMTP_PORT") 2>/dev/null 
 service_env() {  # the environment one service process runs with
   local s=$1
   echo OPSLEDGER_SERVICE_NAME="$s" OPSLEDGER_PORT="$(service_port "$s")" OPSLEDGER_HOST=127.0.0.1 \
+    OPSLEDGER_WORKERS="$(service_workers "$s")" \
     OPSLEDGER_DATABASE_URL="postgresql+asyncpg://opsledger@127.0.0.1:$PG_PORT/$DB_PREFIX$s" \
     OPSLEDGER_KAFKA_BOOTSTRAP="127.0.0.1:$KAFKA_PORT" OPSLEDGER_TOPIC_PREFIX="$TOPIC_PREFIX" \
     OPSLEDGER_AUTH_PUBLIC_KEY="$AUTH_DIR/public.pem" OPSLEDGER_AUTH_ISSUER="$AUTH_ISSUER" \
@@ -113,7 +114,7 @@ for s in "${SERVICES[@]}"; do
   # service keeps the pid written below.
   env $(service_env "$s") setsid sh -c "$NICED" niced "$nice" "$PY" -m "$s" >>"$STATE_DIR/logs/$s.log" 2>&1 < /dev/null &
   echo $! >"$pidfile"
-  echo "$s: started on port $(service_port "$s") (pid $!, nice $nice, log $STATE_DIR/logs/$s.log)"
+  echo "$s: started on port $(service_port "$s") (pid $!, $(service_workers "$s") worker(s), nice $nice, log $STATE_DIR/logs/$s.log)"
 done
 
 urls=()

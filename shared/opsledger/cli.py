@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import uvicorn
 
-from opsledger import migrations
+from opsledger import metrics, migrations
 from opsledger.settings import ServiceSettings
 
 
@@ -19,6 +22,21 @@ def main(service: str, settings: ServiceSettings, migrations_dir: Path) -> None:
         migrations.upgrade(migrations_dir, settings.database_url)
         print(f"{service}: migrated {settings.database_url.rsplit('/', 1)[-1]} to head")
         return
+    if settings.workers > 1 and not os.environ.get(metrics.MULTIPROCESS_DIR):
+        # Where the workers keep their metrics for /metrics to add up: fresh at every start (a
+        # worker that died leaves its files behind), set before the workers import the client.
+        folder = tempfile.mkdtemp(prefix=f"opsledger-{service}-metrics-")
+        os.environ[metrics.MULTIPROCESS_DIR] = folder
+    else:
+        folder = None
+    try:
+        serve(service, settings)
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def serve(service: str, settings: ServiceSettings) -> None:
     uvicorn.run(
         f"{service}.app:build",
         factory=True,
@@ -28,4 +46,5 @@ def main(service: str, settings: ServiceSettings, migrations_dir: Path) -> None:
         log_config=None,  # our JSON logging, configured in the lifespan
         access_log=False,
         timeout_graceful_shutdown=20,
+        workers=settings.workers,
     )

@@ -1,8 +1,31 @@
-"""Prometheus metrics every service exports at /metrics (one process = one service)."""
+"""Prometheus metrics every service exports at /metrics. A service served by several worker
+processes (`ServiceSettings.workers`) keeps them in files that /metrics adds up (prometheus_client's
+multiprocess mode): counters and histograms summed, gauges as the worker that set them last said."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+# Set (by `opsledger.cli`) before the workers start: where they keep their metrics.
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def exposition() -> bytes:
+    """What /metrics answers: this process's metrics, or every worker's."""
+    if not os.environ.get(MULTIPROCESS_DIR):
+        return generate_latest()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+def process_stopped() -> None:
+    """A worker stops: its gauges no longer count (counters keep what it counted)."""
+    if os.environ.get(MULTIPROCESS_DIR):
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
 
 HTTP_REQUESTS = Counter(
     "opsledger_http_requests_total", "HTTP requests answered", ["service", "method", "route", "status"]
@@ -18,9 +41,15 @@ EVENTS_CONSUMED = Counter(
 )
 EVENTS_PRODUCED = Counter("opsledger_events_produced_total", "Events published by the outbox relay", ["service"])
 CONSUMER_LAG = Gauge(
-    "opsledger_consumer_lag", "Messages behind the end of the partition", ["service", "consumer", "topic", "partition"]
+    "opsledger_consumer_lag",
+    "Messages behind the end of the partition",
+    ["service", "consumer", "topic", "partition"],
+    multiprocess_mode="livemostrecent",  # the partition's owner reported it last
 )
-OUTBOX_BACKLOG = Gauge("opsledger_outbox_backlog", "Outbox rows not yet published", ["service"])
+# The relay that holds the lease counts them.
+OUTBOX_BACKLOG = Gauge(
+    "opsledger_outbox_backlog", "Outbox rows not yet published", ["service"], multiprocess_mode="livemostrecent"
+)
 HANDLER_LATENCY = Histogram(
     "opsledger_handler_seconds",
     "Time to apply one consumed batch",
@@ -30,8 +59,19 @@ HANDLER_LATENCY = Histogram(
 DEADLETTERED = Counter(
     "opsledger_deadlettered_total", "Messages sent to the dead-letter topic", ["service", "consumer"]
 )
-TIMERS_PENDING = Gauge("opsledger_timers_pending", "Durable timers scheduled and not yet fired", ["service"])
-TIMERS_DUE = Gauge("opsledger_timers_due", "Durable timers due and not yet fired: the runner's backlog", ["service"])
+# Counted in the table by every runner: the latest count.
+TIMERS_PENDING = Gauge(
+    "opsledger_timers_pending",
+    "Durable timers scheduled and not yet fired",
+    ["service"],
+    multiprocess_mode="livemostrecent",
+)
+TIMERS_DUE = Gauge(
+    "opsledger_timers_due",
+    "Durable timers due and not yet fired: the runner's backlog",
+    ["service"],
+    multiprocess_mode="livemostrecent",
+)
 TIMERS_FIRED = Counter("opsledger_timers_fired_total", "Durable timers fired", ["service"])
 TIMER_FAILURES = Counter("opsledger_timer_failures_total", "Timer handler failures (retried later)", ["service"])
 TIMER_FIRE_LAG = Histogram(

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -200,6 +200,7 @@ def create_app(
                 with contextlib.suppress(Exception):
                     await on_stop(runtime)
             stop.set()
+            runtime.outbox.nudge()  # the relay checks `stop` when it wakes
             boot.cancel()
             with contextlib.suppress(BaseException):
                 await boot
@@ -215,6 +216,7 @@ def create_app(
                 with contextlib.suppress(Exception):
                     await runtime.producer.stop()
             await engine.dispose()
+            metrics.process_stopped()
             log.info("%s stopped", settings.service_name)
 
     app = FastAPI(title=title, lifespan=lifespan)
@@ -248,7 +250,7 @@ def create_app(
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     async def prometheus_metrics() -> PlainTextResponse:
-        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return PlainTextResponse(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     for router in routers:
         app.include_router(router)

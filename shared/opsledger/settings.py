@@ -24,6 +24,10 @@ class ServiceSettings(BaseSettings):
     service_name: str = "opsledger"
     host: str = "127.0.0.1"
     port: int = 8000
+    # HTTP worker processes (`python -m <service>`): each is a replica of the service, with its own
+    # relay, consumers and timers, sharing the work as replicas do (the relay's lease, consumer
+    # groups, timer locks), and /metrics adds them up. More than one uses more than one core.
+    workers: int = Field(default=1, ge=1, le=64)
     database_url: str = "postgresql+asyncpg://opsledger@127.0.0.1:5432/opsledger"
     db_pool_size: int = 10
     # Every checkout drops a connection the server has closed (a restart, a killed backend) at no

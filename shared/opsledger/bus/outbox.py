@@ -6,12 +6,15 @@ dead-letter topic instead of holding back every event behind it.
 One relay per database publishes at a time, so a second replica cannot interleave (and so
 reorder) one incident's events: the relay holds the `outbox-relay` lease (opsledger.lease). Each
 pass is one statement (renew the lease, mark sent the batch Kafka acknowledged last pass, read the
-next batch), then a publish with no transaction or lock open while Kafka acknowledges."""
+next batch), then a publish with no transaction or lock open while Kafka acknowledges. A commit on
+a replica that does not hold the lease wakes the holder's relay through PostgreSQL (NOTIFY), so
+its events do not wait for the holder's next poll."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -65,11 +68,17 @@ _STAGE = (
 )
 
 
+# Where a relay that does not hold the lease tells the holder that rows were staged (see _PASS).
+WAKE_CHANNEL = "opsledger_outbox"
+
 # A relay pass in one statement ($1-$3: the lease, $4: the ids the last pass published, $5: how
-# many to read, $6: the read floor): renew the lease; if held, mark the last pass sent and read the
-# next rows above the floor. The row with a null id says whether the lease is held, and carries the
-# statement's snapshot and the pass's own transaction id. Every part sees that snapshot, hence the
-# `<> ALL($4)`: the rows being marked still look unsent to the read.
+# many to read, $6: the read floor, $7: whether this process staged rows since its last pass):
+# renew the lease; if held, mark the last pass sent and read the next rows above the floor; if
+# not, and this process staged rows, notify the holder (delivered when the pass commits, so after
+# the staging transactions this process saw commit: the holder's next pass sees their rows).
+# The row with a null id says whether the lease is held, and carries the statement's snapshot and
+# the pass's own transaction id. Every part sees that snapshot, hence the `<> ALL($4)`: the rows
+# being marked still look unsent to the read.
 # The pass commits without waiting for its WAL to reach the disk (`synchronous_commit` off for its
 # own transaction): all it writes is the lease and the "sent" marks, and a database crash that
 # loses them only re-publishes rows (the consumers' inboxes absorb them), as a crash between
@@ -77,12 +86,14 @@ _STAGE = (
 # 200 alerts/s (of 25-30), every service's relay, and it queued behind the commits that must wait.
 _PASS = (
     f"WITH lease AS ({ACQUIRE_SQL}),"
-    " marked AS (UPDATE outbox SET sent_at = now() WHERE id = ANY($4::bigint[]) AND EXISTS (SELECT FROM lease))"
+    " marked AS (UPDATE outbox SET sent_at = now() WHERE id = ANY($4::bigint[]) AND EXISTS (SELECT FROM lease)),"
+    # A volatile function keeps the CTE from being inlined: it is evaluated once, when referenced.
+    f" woke AS (SELECT pg_notify('{WAKE_CHANNEL}', '') WHERE $7 AND NOT EXISTS (SELECT FROM lease))"
     " SELECT NULL::bigint AS id, NULL::text AS topic, NULL::bytea AS key, NULL::bytea AS value,"
     " NULL::text AS event_type, EXISTS (SELECT FROM lease) AS held, pg_current_snapshot()::text AS snapshot,"
     " pg_current_xact_id()::text AS own_xid, set_config('synchronous_commit', 'off', true) AS commit_mode,"
-    " pg_postmaster_start_time() AS server_started"
-    " UNION ALL (SELECT id, topic, key, value, event_type, true, NULL, NULL, NULL, NULL FROM outbox"
+    " pg_postmaster_start_time() AS server_started, EXISTS (SELECT FROM woke) AS notified"
+    " UNION ALL (SELECT id, topic, key, value, event_type, true, NULL, NULL, NULL, NULL, NULL FROM outbox"
     " WHERE sent_at IS NULL AND id > $6 AND id <> ALL($4::bigint[]) AND EXISTS (SELECT FROM lease)"
     " ORDER BY id LIMIT $5)"
 )
@@ -138,6 +149,7 @@ class Outbox:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self._wake = asyncio.Event()
+        self._staged = False  # rows committed here since the relay's last pass (see take_staged)
 
     def topic_for(self, envelope: Envelope) -> str:
         return self.settings.topic(registry.model(envelope.event_type).stream)
@@ -171,7 +183,17 @@ class Outbox:
 
     def wake(self) -> None:
         """Tell the relay in this process there is something new (`add` does, on commit)."""
+        self._staged = True
         self._wake.set()
+
+    def nudge(self) -> None:
+        """Wake the relay for rows another replica staged (its notification)."""
+        self._wake.set()
+
+    def take_staged(self) -> bool:
+        """Whether rows were committed in this process since the last call."""
+        staged, self._staged = self._staged, False
+        return staged
 
     async def wait(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -198,8 +220,10 @@ class OutboxRelay:
         self._acked_unmarked: list[int] = []
         self.floor = ReadFloor()
         self.server_started: datetime | None = None  # when the database server the last pass saw started
+        self.holding = False  # whether this relay held the lease at its last pass
 
     async def run(self, stop: asyncio.Event) -> None:
+        listening = asyncio.create_task(self.listen(stop), name="outbox-relay-listen")
         try:
             while not stop.is_set():
                 try:
@@ -213,7 +237,53 @@ class OutboxRelay:
                 if sent < self.settings.relay_batch_size:
                     await self.outbox.wait(self.settings.relay_poll_seconds)
         finally:
+            listening.cancel()
+            with contextlib.suppress(BaseException):
+                await listening
             await self.release()
+
+    async def listen(self, stop: asyncio.Event) -> None:
+        """Wake this relay, while it holds the lease, when another replica's relay notifies that its
+        process staged rows: without it they waited for this relay's next poll (`relay_poll_seconds`).
+        One connection of its own, outside the pool; opened again whenever it is lost (a missed
+        notification costs only that wait)."""
+        url = self.sessionmaker.kw["bind"].url.set(drivername="postgresql").render_as_string(hide_password=False)
+        while not stop.is_set():
+            try:
+                await retry.forever(
+                    functools.partial(self._listen_once, url, stop),
+                    what="outbox relay: listen",
+                    initial=0.5,
+                    maximum=10.0,
+                    until=stop,
+                )
+            except Exception:
+                if stop.is_set():
+                    return
+                raise
+
+    async def _listen_once(self, url: str, stop: asyncio.Event) -> None:
+        lost = asyncio.Event()
+        conn = await asyncpg.connect(url)
+        try:
+            conn.add_termination_listener(lambda _conn: lost.set())
+            await conn.add_listener(WAKE_CHANNEL, self._notified)
+            self.outbox.nudge()  # what was notified while nobody listened
+            ended = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(lost.wait())]
+            try:
+                await asyncio.wait(ended, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in ended:
+                    waiter.cancel()
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=2)
+        if lost.is_set() and not stop.is_set():
+            raise ConnectionError("the connection listening for outbox wake-ups was lost")
+
+    def _notified(self, *_: object) -> None:
+        if self.holding:
+            self.outbox.nudge()
 
     async def release(self) -> None:
         """Mark what Kafka acknowledged and give up the lease (on a clean stop), so another
@@ -241,6 +311,7 @@ class OutboxRelay:
                 self._acked_unmarked,
                 self.settings.relay_batch_size,
                 self.floor.value,
+                self.outbox.take_staged(),
             )
             header = next(r for r in found if r["id"] is None)
             rows = [r for r in found if r["id"] is not None]
@@ -250,7 +321,8 @@ class OutboxRelay:
             # unsent. The next pass scans from the start (what it finds is on the log already).
             self.floor.reset()
             self.server_started = header["server_started"]
-        if not header["held"]:
+        self.holding = bool(header["held"])
+        if not self.holding:
             self.floor.reset()
             return 0
         self._acked_unmarked = []  # marked: the statement committed
