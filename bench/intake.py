@@ -2,8 +2,7 @@
 does not eat the core it measures), with two baselines measured in the same run on the same
 machine: a FastAPI app that only parses the body and answers (the HTTP ceiling), and one that does
 one upsert per request on the same PostgreSQL (bench/support/baseline_apps.py). Intake runs with
-as many worker processes as `make up` gives it (2; --workers); the baselines run one process each,
-as the issue measured them.
+one worker process, as `make up` runs it, or --workers; the baselines run one process each.
 
 Prints, for each: alerts/s, p50 and p99 at 1, 8, 32 and 128 connections, and intake's ratio to
 each baseline; Alertmanager bodies of 100 alerts; and under overload (128 to 1,024 connections)
@@ -164,7 +163,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="duration of each wrk run")
     parser.add_argument("--batch", type=int, default=100, help="alerts per Alertmanager body")
     parser.add_argument("--alerta", action="store_true", help="also measure Alerta 9.1.0 (installs it once)")
-    parser.add_argument("--workers", type=int, default=2, help="intake's worker processes (make up runs 2)")
+    parser.add_argument("--workers", type=int, default=1, help="intake's worker processes (OPSLEDGER_WORKERS)")
     args = parser.parse_args()
     ensure_wrk()
     if args.alerta:

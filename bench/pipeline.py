@@ -242,35 +242,47 @@ def read_pages(mail_dir: Path, first: str, read: set[str], wanted: set[str], pag
                 paged[incident] = min(at, paged.get(incident, at))
 
 
-def rss_mb() -> dict[str, float]:
-    found = {}
-    for pidfile in sorted((ROOT / ".local" / "run").glob("*.pid")):
-        try:
-            status = Path(f"/proc/{pidfile.read_text().strip()}/status").read_text()
-        except OSError:
-            continue
-        kb = re.search(r"VmRSS:\s+(\d+)", status)
-        found[pidfile.stem] = int(kb.group(1)) / 1024 if kb else float("nan")
-    return found
+def service_groups() -> dict[str, str]:
+    """Each service's process group (its pid: `make up` makes it a session leader) -> its name."""
+    return {f.read_text().strip(): f.stem for f in (ROOT / ".local" / "run").glob("*.pid")}
+
+
+def stat(pid: str) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()  # the fields after comm
+
+
+def rss_mb() -> dict[str, str]:
+    """Each service's RSS; one figure per process for a service with worker processes (the
+    supervisor first)."""
+    found: dict[str, list[float]] = {}
+    groups = service_groups()
+    for proc in sorted(Path("/proc").glob("[0-9]*"), key=lambda p: int(p.name)):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if (name := groups.get(stat(proc.name)[2])) is None:  # [2]: the process group
+                continue
+            kb = re.search(r"VmRSS:\s+(\d+)", (proc / "status").read_text())
+            if kb and not (proc / "cmdline").read_bytes().startswith(b"sh\0"):
+                found.setdefault(name, []).append(int(kb.group(1)) / 1024)
+    return {name: "+".join(f"{mb:.0f}" for mb in sizes) for name, sizes in sorted(found.items())}
 
 
 def cpu_ticks() -> tuple[dict[str, int], int, int]:
-    """CPU time used so far (clock ticks) by each service, by PostgreSQL (the postmaster and its
-    backends), by Kafka and by this bench; and the machine's idle and total ticks."""
-
-    def stat(pid: str) -> list[str]:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()  # the fields after comm
+    """CPU time used so far (clock ticks) by each service (its processes: its workers too), by
+    PostgreSQL (the postmaster and its backends), by Kafka and by this bench; and the machine's
+    idle and total ticks."""
 
     def used(fields: list[str]) -> int:
         return int(fields[11]) + int(fields[12])  # utime + stime
 
     ticks: dict[str, int] = {}
-    owners = {f.stem: f.read_text().strip() for f in (ROOT / ".local" / "run").glob("*.pid")}
-    owners["kafka"] = (ROOT / ".local" / "kafka" / "kafka.pid").read_text().strip()
-    owners["this bench"] = str(os.getpid())
+    owners = {
+        "kafka": (ROOT / ".local" / "kafka" / "kafka.pid").read_text().strip(),
+        "this bench": str(os.getpid()),
+    }
     for name, pid in owners.items():
         with contextlib.suppress(OSError, ValueError):
             ticks[name] = used(stat(pid))
+    groups = service_groups()
     with contextlib.suppress(OSError):
         postmaster = (ROOT / ".local" / "postgres" / "data" / "postmaster.pid").read_text().split()[0]
         ticks["postgres"] = 0
@@ -283,6 +295,8 @@ def cpu_ticks() -> tuple[dict[str, int], int, int]:
                     ticks["postgres"] += used(fields) + int(fields[13]) + int(fields[14])
                 elif fields[1] == postmaster:  # fields[1]: the parent's pid
                     ticks["postgres"] += used(fields)
+                elif (name := groups.get(fields[2])) is not None:  # a service's process group
+                    ticks[name] = ticks.get(name, 0) + used(fields)
     machine = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     return ticks, machine[3] + machine[4], sum(machine)
 
@@ -353,7 +367,7 @@ async def main() -> None:
         print(f"       CPU while posting, % of one core: {cpu_during}")
         if len(assigned) < accepted:
             print(f"       only {len(assigned)} of {accepted} incidents were assigned within the time allowed")
-    print("RSS after the run (MB): " + ", ".join(f"{s} {mb:.0f}" for s, mb in rss_mb().items()))
+    print("RSS after the run (MB): " + ", ".join(f"{s} {mb}" for s, mb in rss_mb().items()))
 
 
 if __name__ == "__main__":

@@ -10,13 +10,12 @@ service_port() {  # INTAKE_PORT=9001 etc. override the defaults
   echo "${!var:-${DEFAULT_PORT[$1]}}"
 }
 
-# Worker processes per service (OPSLEDGER_WORKERS). Intake takes an alert storm's HTTP load
-# itself, so it gets two (one per core): 58 % more alerts/s at 128 connections, 68 % more
-# Alertmanager alerts/s (bench/intake.py). INTAKE_WORKERS=1 etc. override.
-declare -A DEFAULT_WORKERS=([intake]=2)
+# Worker processes per service (OPSLEDGER_WORKERS): INTAKE_WORKERS=2 etc. One each by default:
+# on one machine the services share its cores, and a second intake worker only split intake's
+# share under load (README, "Worker processes").
 service_workers() {
   local var="${1^^}_WORKERS"
-  echo "${!var:-${DEFAULT_WORKERS[$1]:-1}}"
+  echo "${!var:-1}"
 }
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }

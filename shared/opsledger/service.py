@@ -200,7 +200,7 @@ def create_app(
                 with contextlib.suppress(Exception):
                     await on_stop(runtime)
             stop.set()
-            runtime.outbox.nudge()  # the relay checks `stop` when it wakes
+            runtime.outbox.wake(always=True)  # the relay checks `stop` when it wakes
             boot.cancel()
             with contextlib.suppress(BaseException):
                 await boot

@@ -663,15 +663,15 @@ async def test_a_commit_on_a_replica_without_the_lease_wakes_the_relay_that_hold
     infra: TestInfra, make_database: Any, topic_prefix: str
 ) -> None:
     """Two replicas, each with its relay; the one holding the lease polls only every minute here.
-    Rows staged on the other replica reach the log well within that minute only because that
-    replica's relay, finding the lease held, notified the holder."""
+    Rows staged on the other replica reach the log well within that minute only because their
+    commit notified the holder."""
     settings = await make_settings(infra, make_database, topic_prefix)
     settings = settings.model_copy(update={"relay_poll_seconds": 60.0})
     topic, stop = settings.topic(Stream.INCIDENTS), asyncio.Event()
     async with relay_of(settings) as (engine, outbox, holder), relay_of(settings) as (_, other_outbox, other):
         running = [asyncio.create_task(holder.run(stop))]
         try:
-            await eventually(lambda: _async(holder.holding), what="the first relay holds the lease")
+            await eventually(lambda: _async(outbox.relay_holds_lease), what="the first relay holds the lease")
             running.append(asyncio.create_task(other.run(stop)))
             staged: list[uuid.UUID] = []
             for n in range(2):  # the second: after the holder has gone back to its long wait
@@ -681,11 +681,11 @@ async def test_a_commit_on_a_replica_without_the_lease_wakes_the_relay_that_hold
                 staged.append(tick.event_id)
                 on_wire = await topic_event_ids(settings, topic, len(staged))  # gives up after 20 s
                 assert sorted(on_wire) == sorted(staged), "published before the holder's next poll"
-            assert holder.holding and not other.holding
+            assert outbox.relay_holds_lease and not other_outbox.relay_holds_lease
         finally:
             stop.set()
             for o in (outbox, other_outbox):
-                o.nudge()  # out of their minute-long wait
+                o.wake(always=True)  # out of their minute-long wait
             await asyncio.wait_for(asyncio.gather(*running), 10)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from opsledger.testing import ServiceProcess, TestInfra
+from opsledger.testing import ServiceProcess, TestInfra, eventually
 
 from .harness import topic_events
 from .samples import generic_alert
@@ -74,6 +74,8 @@ async def test_two_workers_take_alerts_publish_them_once_and_add_up_their_metric
         events = await topic_events(infra.kafka_bootstrap, f"{topic_prefix}.incidents", at_least=ALERTS)
         process.stop()
         assert process.proc.returncode == 0, process.log_tail()
+        # The workers are gone with it; multiprocessing's resource tracker follows on its own.
+        await eventually(lambda: _none_alive(children), timeout=10, what="no process outlives the service")
     finally:
         process.kill(signal.SIGKILL)
         for pid in children:
@@ -82,7 +84,10 @@ async def test_two_workers_take_alerts_publish_them_once_and_add_up_their_metric
     logged = Counter(str(e.incident_id) for e in events if e.event_type == "IncidentLogged")
     assert sorted(logged) == sorted(accepted), "every accepted alert on the log, within the relay's poll"
     assert set(logged.values()) == {1}
-    assert not [pid for pid in children if _alive(pid)], "a worker outlived the service"
+
+
+async def _none_alive(pids: list[int]) -> bool:
+    return not [pid for pid in pids if _alive(pid)]
 
 
 def _alive(pid: int) -> bool:

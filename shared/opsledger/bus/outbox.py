@@ -6,9 +6,9 @@ dead-letter topic instead of holding back every event behind it.
 One relay per database publishes at a time, so a second replica cannot interleave (and so
 reorder) one incident's events: the relay holds the `outbox-relay` lease (opsledger.lease). Each
 pass is one statement (renew the lease, mark sent the batch Kafka acknowledged last pass, read the
-next batch), then a publish with no transaction or lock open while Kafka acknowledges. A commit on
-a replica that does not hold the lease wakes the holder's relay through PostgreSQL (NOTIFY), so
-its events do not wait for the holder's next poll."""
+next batch), then a publish with no transaction or lock open while Kafka acknowledges. Events
+staged on a replica that does not hold the lease wake the holder's relay when they commit (NOTIFY),
+so they do not wait for its next poll."""
 
 from __future__ import annotations
 
@@ -57,28 +57,32 @@ _PURGE_INBOX = (
 )
 
 
+# Where a replica whose relay does not hold the lease tells the holder's relay that it staged rows.
+WAKE_CHANNEL = "opsledger_outbox"
+
 # Rows keep the order of the arrays, so the relay publishes in the order the events were staged.
 # The filter gives the transaction its id before the rows take theirs from the sequence: what lets
 # the relay's scan start past the rows it has sent (`ReadFloor`).
 _STAGE = (
     "INSERT INTO outbox (event_id, topic, key, value, event_type)"
     " SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[], $5::text[])"
-    " WHERE pg_current_xact_id() IS NOT NULL"
+    " WHERE pg_current_xact_id() IS NOT NULL{notify}"
     " ON CONFLICT (event_id) DO NOTHING"
 )
+# The same in a replica whose relay does not hold the lease: it also notifies the holder, which
+# LISTENs (OutboxRelay.listen). PostgreSQL delivers the notification when the transaction commits,
+# with its rows visible, and not at all if it rolls back: the holder passes at once, instead of at
+# its next poll, for no round trip more. (A notifying commit holds a database-wide lock while it
+# flushes, so a replica whose relay holds the lease does not notify, nor does a single replica.)
+_STAGE_AND_NOTIFY = _STAGE.format(notify=f" AND (SELECT pg_notify('{WAKE_CHANNEL}', '')::text) IS NOT NULL")
+_STAGE = _STAGE.format(notify="")
 
-
-# Where a relay that does not hold the lease tells the holder that rows were staged (see _PASS).
-WAKE_CHANNEL = "opsledger_outbox"
 
 # A relay pass in one statement ($1-$3: the lease, $4: the ids the last pass published, $5: how
-# many to read, $6: the read floor, $7: whether this process staged rows since its last pass):
-# renew the lease; if held, mark the last pass sent and read the next rows above the floor; if
-# not, and this process staged rows, notify the holder (delivered when the pass commits, so after
-# the staging transactions this process saw commit: the holder's next pass sees their rows).
-# The row with a null id says whether the lease is held, and carries the statement's snapshot and
-# the pass's own transaction id. Every part sees that snapshot, hence the `<> ALL($4)`: the rows
-# being marked still look unsent to the read.
+# many to read, $6: the read floor): renew the lease; if held, mark the last pass sent and read the
+# next rows above the floor. The row with a null id says whether the lease is held, and carries the
+# statement's snapshot and the pass's own transaction id. Every part sees that snapshot, hence the
+# `<> ALL($4)`: the rows being marked still look unsent to the read.
 # The pass commits without waiting for its WAL to reach the disk (`synchronous_commit` off for its
 # own transaction): all it writes is the lease and the "sent" marks, and a database crash that
 # loses them only re-publishes rows (the consumers' inboxes absorb them), as a crash between
@@ -86,14 +90,12 @@ WAKE_CHANNEL = "opsledger_outbox"
 # 200 alerts/s (of 25-30), every service's relay, and it queued behind the commits that must wait.
 _PASS = (
     f"WITH lease AS ({ACQUIRE_SQL}),"
-    " marked AS (UPDATE outbox SET sent_at = now() WHERE id = ANY($4::bigint[]) AND EXISTS (SELECT FROM lease)),"
-    # A volatile function keeps the CTE from being inlined: it is evaluated once, when referenced.
-    f" woke AS (SELECT pg_notify('{WAKE_CHANNEL}', '') WHERE $7 AND NOT EXISTS (SELECT FROM lease))"
+    " marked AS (UPDATE outbox SET sent_at = now() WHERE id = ANY($4::bigint[]) AND EXISTS (SELECT FROM lease))"
     " SELECT NULL::bigint AS id, NULL::text AS topic, NULL::bytea AS key, NULL::bytea AS value,"
     " NULL::text AS event_type, EXISTS (SELECT FROM lease) AS held, pg_current_snapshot()::text AS snapshot,"
     " pg_current_xact_id()::text AS own_xid, set_config('synchronous_commit', 'off', true) AS commit_mode,"
-    " pg_postmaster_start_time() AS server_started, EXISTS (SELECT FROM woke) AS notified"
-    " UNION ALL (SELECT id, topic, key, value, event_type, true, NULL, NULL, NULL, NULL, NULL FROM outbox"
+    " pg_postmaster_start_time() AS server_started"
+    " UNION ALL (SELECT id, topic, key, value, event_type, true, NULL, NULL, NULL, NULL FROM outbox"
     " WHERE sent_at IS NULL AND id > $6 AND id <> ALL($4::bigint[]) AND EXISTS (SELECT FROM lease)"
     " ORDER BY id LIMIT $5)"
 )
@@ -149,7 +151,10 @@ class Outbox:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self._wake = asyncio.Event()
-        self._staged = False  # rows committed here since the relay's last pass (see take_staged)
+        # Whether this process's relay held the lease at its last pass. Until it knows, staging
+        # notifies (harmless: the relay that gets it passes once more); without it, its relay
+        # passes every `relay_poll_seconds` to take the lease over once its holder is gone.
+        self.relay_holds_lease = False
 
     def topic_for(self, envelope: Envelope) -> str:
         return self.settings.topic(registry.model(envelope.event_type).stream)
@@ -179,21 +184,15 @@ class Outbox:
             keys.append(e.key)
             values.append(value)
             types.append(e.event_type)
-        return _STAGE, ids, topics, keys, values, types
+        return _STAGE if self.relay_holds_lease else _STAGE_AND_NOTIFY, ids, topics, keys, values, types
 
-    def wake(self) -> None:
-        """Tell the relay in this process there is something new (`add` does, on commit)."""
-        self._staged = True
-        self._wake.set()
-
-    def nudge(self) -> None:
-        """Wake the relay for rows another replica staged (its notification)."""
-        self._wake.set()
-
-    def take_staged(self) -> bool:
-        """Whether rows were committed in this process since the last call."""
-        staged, self._staged = self._staged, False
-        return staged
+    def wake(self, always: bool = False) -> None:
+        """Tell the relay in this process that rows were committed (`add` does, on commit). Unless
+        `always` (a stop, another replica's notification), only a relay that holds the lease
+        passes for it: otherwise the commit notified the holder, and this relay's pass would find
+        the lease held, a statement for nothing."""
+        if always or self.relay_holds_lease:
+            self._wake.set()
 
     async def wait(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -220,12 +219,12 @@ class OutboxRelay:
         self._acked_unmarked: list[int] = []
         self.floor = ReadFloor()
         self.server_started: datetime | None = None  # when the database server the last pass saw started
-        self.holding = False  # whether this relay held the lease at its last pass
 
     async def run(self, stop: asyncio.Event) -> None:
         listening = asyncio.create_task(self.listen(stop), name="outbox-relay-listen")
         try:
             while not stop.is_set():
+                held_before = self.outbox.relay_holds_lease
                 try:
                     sent = await retry.forever(
                         self.publish_batch, what="outbox relay: publish", initial=0.1, maximum=5.0, until=stop
@@ -234,7 +233,10 @@ class OutboxRelay:
                     if stop.is_set():
                         return  # stopping while the database or broker is away: the next start retries
                     raise
-                if sent < self.settings.relay_batch_size:
+                # Just took the lease: pass again at once, for what was committed meanwhile (its
+                # commit neither woke this relay, which did not hold the lease yet, nor another).
+                taken = self.outbox.relay_holds_lease and not held_before
+                if sent < self.settings.relay_batch_size and not taken:
                     await self.outbox.wait(self.settings.relay_poll_seconds)
         finally:
             listening.cancel()
@@ -243,8 +245,8 @@ class OutboxRelay:
             await self.release()
 
     async def listen(self, stop: asyncio.Event) -> None:
-        """Wake this relay, while it holds the lease, when another replica's relay notifies that its
-        process staged rows: without it they waited for this relay's next poll (`relay_poll_seconds`).
+        """Wake this relay, while it holds the lease, when another replica commits staged rows (see
+        _STAGE_AND_NOTIFY): without it they waited for this relay's next poll (`relay_poll_seconds`).
         One connection of its own, outside the pool; opened again whenever it is lost (a missed
         notification costs only that wait)."""
         url = self.sessionmaker.kw["bind"].url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -268,7 +270,7 @@ class OutboxRelay:
         try:
             conn.add_termination_listener(lambda _conn: lost.set())
             await conn.add_listener(WAKE_CHANNEL, self._notified)
-            self.outbox.nudge()  # what was notified while nobody listened
+            self.outbox.wake(always=True)  # for what was notified while nobody listened
             ended = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(lost.wait())]
             try:
                 await asyncio.wait(ended, return_when=asyncio.FIRST_COMPLETED)
@@ -282,8 +284,7 @@ class OutboxRelay:
             raise ConnectionError("the connection listening for outbox wake-ups was lost")
 
     def _notified(self, *_: object) -> None:
-        if self.holding:
-            self.outbox.nudge()
+        self.outbox.wake()  # only if this relay holds the lease
 
     async def release(self) -> None:
         """Mark what Kafka acknowledged and give up the lease (on a clean stop), so another
@@ -311,7 +312,6 @@ class OutboxRelay:
                 self._acked_unmarked,
                 self.settings.relay_batch_size,
                 self.floor.value,
-                self.outbox.take_staged(),
             )
             header = next(r for r in found if r["id"] is None)
             rows = [r for r in found if r["id"] is not None]
@@ -321,8 +321,8 @@ class OutboxRelay:
             # unsent. The next pass scans from the start (what it finds is on the log already).
             self.floor.reset()
             self.server_started = header["server_started"]
-        self.holding = bool(header["held"])
-        if not self.holding:
+        self.outbox.relay_holds_lease = bool(header["held"])
+        if not header["held"]:
             self.floor.reset()
             return 0
         self._acked_unmarked = []  # marked: the statement committed
