@@ -64,6 +64,19 @@ async def topic_events(bootstrap: str, topic: str, at_least: int = 0) -> list[En
     return [Envelope.from_bytes(r.value) for r in await read_topic(bootstrap, topic)]
 
 
+def process_env(infra: TestInfra, database_url: str, topic_prefix: str, key: str, **settings: str) -> dict[str, str]:
+    """The environment of intake run as a process (ServiceProcess) on the test servers, with
+    `key` as its bootstrap integration key; `settings` by name (relay_lease_seconds="1")."""
+    return {
+        "OPSLEDGER_DATABASE_URL": database_url,
+        "OPSLEDGER_KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
+        "OPSLEDGER_TOPIC_PREFIX": topic_prefix,
+        "OPSLEDGER_TOPIC_PARTITIONS": "1",
+        "OPSLEDGER_BOOTSTRAP_INTEGRATION_KEY": key,
+        **{f"OPSLEDGER_{name.upper()}": value for name, value in settings.items()},
+    }
+
+
 async def make_settings(infra: TestInfra, make_database: Callable[..., Any], prefix: str, **overrides: Any) -> Settings:
     return Settings(
         database_url=await make_database(),

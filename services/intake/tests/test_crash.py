@@ -20,7 +20,7 @@ from opsledger.events import new_event
 from opsledger.events.intake import AlertFlapping
 from opsledger.testing import ServiceProcess, TestInfra, eventually
 
-from .harness import intake, make_settings, topic_events
+from .harness import intake, make_settings, process_env, topic_events
 from .samples import generic_alert
 
 pytestmark = pytest.mark.integration
@@ -30,15 +30,8 @@ KEY = "crash-test-key-0123456789abcdef"
 async def test_sigkill_after_2xx_loses_and_doubles_nothing(
     infra: TestInfra, make_database: Any, topic_prefix: str
 ) -> None:
-    env = {
-        "OPSLEDGER_DATABASE_URL": await make_database(),
-        "OPSLEDGER_KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
-        "OPSLEDGER_TOPIC_PREFIX": topic_prefix,
-        "OPSLEDGER_TOPIC_PARTITIONS": "1",
-        "OPSLEDGER_BOOTSTRAP_INTEGRATION_KEY": KEY,
-        # The killed process's relay lease must expire before the restarted one publishes.
-        "OPSLEDGER_RELAY_LEASE_SECONDS": "1",
-    }
+    # The killed process's relay lease must expire before the restarted one publishes.
+    env = process_env(infra, await make_database(), topic_prefix, KEY, relay_lease_seconds="1")
     process = ServiceProcess("intake", env)
     process.start()
     acknowledged: list[str] = []

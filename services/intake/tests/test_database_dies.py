@@ -20,7 +20,7 @@ import pytest
 from opsledger.testing import ServiceProcess, TestInfra, eventually
 from opsledger.testing.helpers import free_port
 
-from .harness import topic_events
+from .harness import process_env, topic_events
 from .samples import generic_alert
 
 pytestmark = pytest.mark.integration
@@ -57,14 +57,8 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivatePostgr
 async def test_postgres_dying_under_load_answers_503_never_500_and_loses_nothing(
     infra: TestInfra, topic_prefix: str, postgres: PrivatePostgres
 ) -> None:
-    env = {
-        "OPSLEDGER_DATABASE_URL": f"postgresql+asyncpg://opsledger@127.0.0.1:{postgres.port}/intake",
-        "OPSLEDGER_KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
-        "OPSLEDGER_TOPIC_PREFIX": topic_prefix,
-        "OPSLEDGER_TOPIC_PARTITIONS": "1",
-        "OPSLEDGER_BOOTSTRAP_INTEGRATION_KEY": KEY,
-        "OPSLEDGER_MAX_WAIT_SECONDS": "1",
-    }
+    url = f"postgresql+asyncpg://opsledger@127.0.0.1:{postgres.port}/intake"
+    env = process_env(infra, url, topic_prefix, KEY, max_wait_seconds="1")
     process = ServiceProcess("intake", env)
     process.start()
     answers: dict[str, int] = {}

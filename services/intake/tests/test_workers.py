@@ -18,7 +18,7 @@ import pytest
 
 from opsledger.testing import ServiceProcess, TestInfra, eventually
 
-from .harness import topic_events
+from .harness import process_env, topic_events
 from .samples import generic_alert
 
 pytestmark = pytest.mark.integration
@@ -43,14 +43,7 @@ def accepted_in(metrics: str) -> int:
 async def test_two_workers_take_alerts_publish_them_once_and_add_up_their_metrics(
     infra: TestInfra, make_database: Any, topic_prefix: str
 ) -> None:
-    env = {
-        "OPSLEDGER_DATABASE_URL": await make_database(),
-        "OPSLEDGER_KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
-        "OPSLEDGER_TOPIC_PREFIX": topic_prefix,
-        "OPSLEDGER_BOOTSTRAP_INTEGRATION_KEY": KEY,
-        "OPSLEDGER_WORKERS": "2",
-        "OPSLEDGER_RELAY_POLL_SECONDS": "60",
-    }
+    env = process_env(infra, await make_database(), topic_prefix, KEY, workers="2", relay_poll_seconds="60")
     process = ServiceProcess("intake", env)
     process.start()
     children: list[int] = []
