@@ -1,4 +1,4 @@
-"""Intake served by two worker processes (OPSLEDGER_WORKERS=2, as `make up` runs it): every alert
+"""Intake served by two worker processes (OPSLEDGER_WORKERS=2): every alert
 accepted by either worker reaches the log once and promptly (the relay polls only every minute
 here: a worker without the relay's lease wakes the one that holds it), /metrics adds up both
 workers, and a SIGTERM stops them all."""
