@@ -664,7 +664,7 @@ async def test_a_commit_on_a_replica_without_the_lease_wakes_the_relay_that_hold
 ) -> None:
     """Two replicas, each with its relay; the one holding the lease polls only every minute here.
     Rows staged on the other replica reach the log well within that minute only because their
-    commit notified the holder."""
+    commit notified the holder, also after the holder's listening connection was cut."""
     settings = await make_settings(infra, make_database, topic_prefix)
     settings = settings.model_copy(update={"relay_poll_seconds": 60.0})
     topic, stop = settings.topic(Stream.INCIDENTS), asyncio.Event()
@@ -675,6 +675,13 @@ async def test_a_commit_on_a_replica_without_the_lease_wakes_the_relay_that_hold
             running.append(asyncio.create_task(other.run(stop)))
             staged: list[uuid.UUID] = []
             for n in range(2):  # the second: after the holder has gone back to its long wait
+                if n == 1:  # and after the connections the relays listen on were cut: they listen again
+                    async with engine.begin() as conn:
+                        cut = (
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                            " WHERE datname = current_database() AND query LIKE 'LISTEN %'"
+                        )
+                        assert len((await conn.execute(sa.text(cut))).all()) == 2
                 tick = app.tick(n, str(uuid.uuid4()))
                 async with make_sessionmaker(engine)() as session, session.begin():
                     await other_outbox.add(session, [tick])

@@ -250,19 +250,17 @@ class OutboxRelay:
         One connection of its own, outside the pool; opened again whenever it is lost (a missed
         notification costs only that wait)."""
         url = self.sessionmaker.kw["bind"].url.set(drivername="postgresql").render_as_string(hide_password=False)
-        while not stop.is_set():
-            try:
-                await retry.forever(
-                    functools.partial(self._listen_once, url, stop),
-                    what="outbox relay: listen",
-                    initial=0.5,
-                    maximum=10.0,
-                    until=stop,
-                )
-            except Exception:
-                if stop.is_set():
-                    return
-                raise
+        try:
+            await retry.forever(
+                functools.partial(self._listen_once, url, stop),
+                what="outbox relay: listen",
+                initial=0.5,
+                maximum=10.0,
+                until=stop,
+            )
+        except Exception:
+            if not stop.is_set():
+                raise  # retry.forever gives up only once `stop` is set
 
     async def _listen_once(self, url: str, stop: asyncio.Event) -> None:
         lost = asyncio.Event()
