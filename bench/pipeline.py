@@ -260,8 +260,7 @@ def rss_mb() -> dict[str, str]:
         with contextlib.suppress(OSError, ValueError, IndexError):
             if (name := groups.get(stat(proc.name)[2])) is None:  # [2]: the process group
                 continue
-            kb = re.search(r"VmRSS:\s+(\d+)", (proc / "status").read_text())
-            if kb and not (proc / "cmdline").read_bytes().startswith(b"sh\0"):
+            if kb := re.search(r"VmRSS:\s+(\d+)", (proc / "status").read_text()):
                 found.setdefault(name, []).append(int(kb.group(1)) / 1024)
     return {name: "+".join(f"{mb:.0f}" for mb in sizes) for name, sizes in sorted(found.items())}
 
