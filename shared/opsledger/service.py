@@ -34,6 +34,7 @@ from opsledger.clock import Clock
 from opsledger.db import make_engine, make_sessionmaker
 from opsledger.logs import configure_logging, log_context
 from opsledger.settings import ServiceSettings
+from opsledger.statistics import keep_statistics
 from opsledger.timers import TimerHandler, TimerRunner
 
 log = logging.getLogger(__name__)
@@ -308,6 +309,9 @@ async def _boot(
         await relay.run(stop)
 
     tasks.append(asyncio.create_task(reconcile_then_relay(), name="outbox-relay"))
+    if settings.statistics_check_seconds > 0:
+        statistics = keep_statistics(runtime.engine, stop, settings.statistics_check_seconds)
+        tasks.append(asyncio.create_task(statistics, name="table-statistics"))
     timer_handlers = timers(runtime) if timers is not None else {}
     if timer_handlers:
         runtime.timers = TimerRunner(
