@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
 import pytest
 import sqlalchemy as sa
@@ -747,27 +746,6 @@ async def test_a_straggler_younger_than_the_last_transaction_to_end_is_still_pub
         while await relay.publish_batch():
             pass
         assert await backbone_unsent(engine) == 0, "the straggler was published"
-
-
-async def test_a_transaction_open_in_another_database_does_not_hold_the_floor_back(
-    infra: TestInfra, make_database: Any, topic_prefix: str
-) -> None:
-    """The server's xmin is the oldest transaction of any database: another service's open
-    transaction (a niced one under a storm) held every relay's floor back, and each pass walked the
-    dead index entries of everything sent since. Only this database's transactions count."""
-    settings = await make_settings(infra, make_database, topic_prefix)
-    elsewhere = await asyncpg.connect((await make_database()).replace("+asyncpg", ""))
-    try:
-        async with elsewhere.transaction():
-            await elsewhere.fetchval("SELECT pg_current_xact_id()")  # older than every pass below
-            async with relay_of(settings) as (_engine, _outbox, relay):
-                await stage_ticks(settings, 3)
-                assert await relay.publish_batch() == 3
-                for _ in range(3):  # the first marks, the second looks, the third reads from the hold
-                    await relay.publish_batch()
-                assert relay.floor.value == relay.floor.sent_through > 0, "held by another database's transaction"
-    finally:
-        await elsewhere.close()
 
 
 async def test_marks_a_database_restart_lost_are_published_again(

@@ -1,6 +1,5 @@
 """Where the relay's scan starts (bus.outbox.ReadFloor): past what it sent, but held back by each
-pass until every transaction older than the pass has ended (a later snapshot's xmin is past it, or
-a later pass found none running in the outbox's database) and a pass has read from the hold since."""
+pass until every transaction older than the pass has ended (a later snapshot's xmin is past it)."""
 
 from __future__ import annotations
 
@@ -56,49 +55,3 @@ def test_reset_starts_from_the_beginning() -> None:
     assert floor.value == 0
     floor.passed("105:105:", 107, [])
     assert floor.value == 0
-
-
-def test_a_transaction_of_another_database_does_not_hold_the_floor() -> None:
-    """The server's xmin stays at 50 (another service's long transaction) but none runs here: the
-    holds go once the pass after the look has read from them."""
-    floor = ReadFloor()
-    floor.passed("50:90:50", 90, [1, 2])
-    floor.passed("50:95:50", 95, [3], running_here=[])
-    assert floor.value == 0, "the look is after its snapshot: the next pass must read from the hold first"
-    floor.passed("50:99:50", 99, [], running_here=[])
-    assert floor.value == 2, "the pass at 90 released; the one at 95 (looked at by 99) waits for the next"
-    floor.passed("50:103:50", 103, [], running_here=[])
-    assert floor.value == floor.sent_through == 3
-
-
-def test_a_transaction_running_here_holds_the_floor_until_it_ends() -> None:
-    floor = ReadFloor()
-    floor.passed("50:90:50,88", 90, [1, 2], running_here=[88])
-    floor.passed("50:95:50,88", 95, [3], running_here=[88])  # 88 may commit a row below 2
-    floor.passed("50:99:50,88", 99, [], running_here=[88])
-    assert floor.value == 0, "held by the pass at 90 while 88 runs here"
-    floor.passed("50:103:50", 103, [], running_here=[])  # 88 ended before this look
-    assert floor.value == 0, "and the next pass reads what 88 committed from that floor first"
-    floor.passed("50:107:50", 107, [], running_here=[])
-    assert floor.value == floor.sent_through == 3
-
-
-def test_a_pass_that_did_not_look_releases_nothing_by_it() -> None:
-    floor = ReadFloor()
-    floor.passed("50:90:50", 90, [1])
-    floor.passed("50:95:50", 95, [2], running_here=[])
-    floor.passed("50:99:50", 99, [], running_here=None)  # releases what 95 found, looks at nothing
-    floor.passed("50:103:50", 103, [], running_here=None)
-    assert floor.value == 1, "held by the pass at 95: no look since"
-
-
-def test_running_ids_are_widened_across_the_32_bit_wraparound() -> None:
-    floor = ReadFloor()
-    epoch = 2**32
-    floor.passed(f"{epoch - 10}:{epoch + 5}:{epoch - 10}", epoch + 5, [1])  # the pass at 5 of epoch 1
-    floor.passed(f"{epoch - 10}:{epoch + 9}:{epoch - 10}", epoch + 9, [], running_here=[2**32 - 3])
-    floor.passed(f"{epoch - 10}:{epoch + 12}:{epoch - 10}", epoch + 12, [], running_here=[2**32 - 3])
-    assert floor.value == 0, "2**32 - 3 of epoch 0 is older than the pass at 5 of epoch 1"
-    floor.passed(f"{epoch - 10}:{epoch + 14}:{epoch - 10}", epoch + 14, [], running_here=[7])
-    floor.passed(f"{epoch - 10}:{epoch + 16}:{epoch - 10}", epoch + 16, [], running_here=[7])
-    assert floor.value == 1, "7 of epoch 1 is younger than the pass at 5 of epoch 1"

@@ -79,31 +79,23 @@ _STAGE = _STAGE.format(notify="")
 
 
 # A relay pass in one statement ($1-$3: the lease, $4: the ids the last pass published, $5: how
-# many to read, $6: the read floor, $7: whether to list this database's running transactions):
-# renew the lease; if held, mark the last pass sent and read the next rows above the floor. The row
-# with a null id says whether the lease is held, and carries the statement's snapshot, the pass's
-# own transaction id and, if asked, the (32-bit) ids of the transactions running in this database
-# besides the pass, prepared ones included (see ReadFloor). Every part sees that snapshot, hence
-# the `<> ALL($4)`: the rows being marked still look unsent to the read.
+# many to read, $6: the read floor): renew the lease; if held, mark the last pass sent and read the
+# next rows above the floor. The row with a null id says whether the lease is held, and carries the
+# statement's snapshot and the pass's own transaction id. Every part sees that snapshot, hence the
+# `<> ALL($4)`: the rows being marked still look unsent to the read.
 # The pass commits without waiting for its WAL to reach the disk (`synchronous_commit` off for its
 # own transaction): all it writes is the lease and the "sent" marks, and a database crash that
 # loses them only re-publishes rows (the consumers' inboxes absorb them), as a crash between
 # publishing and marking always could. Waiting for the flush cost each relay hop about 5 ms at
 # 200 alerts/s (of 25-30), every service's relay, and it queued behind the commits that must wait.
-_RUNNING_HERE = (
-    "SELECT coalesce(array_agg(xid), '{}') FROM ("
-    "SELECT backend_xid::text::bigint AS xid FROM pg_stat_activity"
-    " WHERE datname = current_database() AND backend_xid IS NOT NULL AND pid <> pg_backend_pid()"
-    " UNION ALL SELECT transaction::text::bigint FROM pg_prepared_xacts WHERE database = current_database()) AS r"
-)
 _PASS = (
     f"WITH lease AS ({ACQUIRE_SQL}),"
     " marked AS (UPDATE outbox SET sent_at = now() WHERE id = ANY($4::bigint[]) AND EXISTS (SELECT FROM lease))"
     " SELECT NULL::bigint AS id, NULL::text AS topic, NULL::bytea AS key, NULL::bytea AS value,"
     " NULL::text AS event_type, EXISTS (SELECT FROM lease) AS held, pg_current_snapshot()::text AS snapshot,"
     " pg_current_xact_id()::text AS own_xid, set_config('synchronous_commit', 'off', true) AS commit_mode,"
-    f" pg_postmaster_start_time() AS server_started, CASE WHEN $7 THEN ({_RUNNING_HERE}) END AS running_here"
-    " UNION ALL (SELECT id, topic, key, value, event_type, true, NULL, NULL, NULL, NULL, NULL FROM outbox"
+    " pg_postmaster_start_time() AS server_started"
+    " UNION ALL (SELECT id, topic, key, value, event_type, true, NULL, NULL, NULL, NULL FROM outbox"
     " WHERE sent_at IS NULL AND id > $6 AND id <> ALL($4::bigint[]) AND EXISTS (SELECT FROM lease)"
     " ORDER BY id LIMIT $5)"
 )
@@ -118,52 +110,28 @@ class ReadFloor:
     (it took its id first and committed later). Such a straggler had its transaction id before it
     took its row id (`_STAGE` sees to it), so before the sent row's snapshot was taken, and so
     below the id of the pass that read that snapshot (assigned during the pass, after it). Each
-    pass therefore holds the floor at what had been sent before it, until every transaction that
-    could straggle below what it read has ended and a later pass has read from the floor it held.
-    Two ways to learn that they ended:
-    - a later snapshot's xmin (the oldest transaction still running) is past the pass's own id:
-      what they committed was visible to the pass that saw that xmin, above the floor still held.
-      The snapshot's list of running transactions is not enough: it leaves out those that took
-      their id after the latest one to end, which are running too; a straggler among them was
-      skipped (seen in CI: an alert answered 202 stayed off the log until a restart).
-    - a later pass finds no transaction older than the pass's own id running in this database
-      (only this database's transactions write its outbox). That xmin is the whole server's, and
-      under load some service always has a transaction open (a niced one's, for hundreds of
-      milliseconds): held by it, triage's floor lagged about a second and each pass walked a
-      thousand dead entries, 2.7 ms of the server's time. The look comes after its pass's
-      snapshot, so a transaction can end between the two unseen by that pass's read: the hold is
-      dropped only after the next pass, whose snapshot sees what it committed, read from it.
-    One incident's later rows have higher ids (its transactions are serialised by its row lock),
-    so a straggler goes out in id order with the rest."""
+    pass therefore holds the floor at what had been sent before it, until a later snapshot's xmin
+    (the oldest transaction still running) is past the pass's own id: every transaction that could
+    straggle below what that pass read has then ended, and what it committed was visible to the
+    pass that saw that xmin, above the floor still held; it goes out in id order with the rest
+    (one incident's later rows have higher ids: its transactions are serialised by its row lock).
+    The snapshot's list of running transactions is not enough: it leaves out those that took
+    their id after the latest one to end, which are running too; a straggler among them was
+    skipped (seen in CI: an alert answered 202 stayed off the log until a restart)."""
 
     def __init__(self) -> None:
         self.sent_through = 0  # every row up to this id is sent, but for stragglers below
         self._held_by: dict[int, int] = {}  # a pass's own transaction id -> the floor before it
-        self._release_after_next: set[int] = set()  # holds the last pass found no older transaction for
 
     @property
     def value(self) -> int:
         return min(self._held_by.values(), default=self.sent_through)
 
-    @property
-    def lags(self) -> bool:
-        """Whether a hold keeps the floor below what was sent: only then is a look worth its cost."""
-        return self.value < self.sent_through
-
-    def passed(
-        self, snapshot: str, own_xid: int, read: Sequence[int], running_here: Sequence[int] | None = None
-    ) -> None:
+    def passed(self, snapshot: str, own_xid: int, read: Sequence[int]) -> None:
         """Record a pass whose rows `read` (ids, ascending) were all published, under `snapshot`
-        (pg_snapshot text, 'xmin:xmax:xid,xid,...') in transaction `own_xid`; `running_here`: the
-        32-bit ids of the transactions this database ran besides the pass, looked up after the
-        snapshot (None: not looked up)."""
+        (pg_snapshot text, 'xmin:xmax:xid,xid,...') in transaction `own_xid`."""
         oldest_running = int(snapshot.split(":")[0])
-        released, self._release_after_next = self._release_after_next, set()
-        self._held_by = {x: f for x, f in self._held_by.items() if x > oldest_running and x not in released}
-        if running_here is not None:
-            oldest_here = min((_widen(x, own_xid) for x in running_here), default=None)
-            # Not this pass's own hold: a transaction older than it may not have had its id at the look.
-            self._release_after_next = {x for x in self._held_by if oldest_here is None or x < oldest_here}
+        self._held_by = {x: floor for x, floor in self._held_by.items() if x > oldest_running}
         self._held_by.setdefault(own_xid, self.sent_through)
         if read:
             self.sent_through = max(self.sent_through, read[-1])
@@ -172,14 +140,6 @@ class ReadFloor:
         """From the start again: after the lease was elsewhere, what was sent is not known here."""
         self.sent_through = 0
         self._held_by = {}
-        self._release_after_next = set()
-
-
-def _widen(xid: int, near: int) -> int:
-    """The 64-bit id (pg's xid8) of 32-bit transaction id `xid` of a running transaction, given
-    the 64-bit id `near` of another: a running transaction is less than 2**31 ids away from it."""
-    ahead = (xid - near) % 2**32
-    return near + ahead if ahead < 2**31 else near + ahead - 2**32
 
 
 class EventTooLarge(ValueError):
@@ -350,7 +310,6 @@ class OutboxRelay:
                 self._acked_unmarked,
                 self.settings.relay_batch_size,
                 self.floor.value,
-                self.floor.lags,
             )
             header = next(r for r in found if r["id"] is None)
             rows = [r for r in found if r["id"] is not None]
@@ -369,7 +328,7 @@ class OutboxRelay:
             await self._publish(rows)
             metrics.EVENTS_PRODUCED.labels(self.settings.service_name).inc(len(rows))
             self._acked_unmarked = [r["id"] for r in rows]
-        self.floor.passed(header["snapshot"], int(header["own_xid"]), self._acked_unmarked, header["running_here"])
+        self.floor.passed(header["snapshot"], int(header["own_xid"]), self._acked_unmarked)
         if len(rows) < self.settings.relay_batch_size:
             metrics.OUTBOX_BACKLOG.labels(self.settings.service_name).set(0)
         await self._maybe_purge()  # after publishing: this pass's events do not wait for it
