@@ -6,8 +6,7 @@ empty tables, so its statements are planned for tables a page long: the relay's 
 UPDATE read the whole outbox (1,500 buffers a pass in triage at 200 alerts/s). Autovacuum takes
 the statistics that end it at its own pace: a minute or more after the load began, when a storm
 that hit a fresh deployment (or a benchmark run right after `make up`) has been served by those
-plans throughout. Measured: logged -> prioritized p50 at 200 alerts/s 32-43 ms on fresh platforms
-against 24-26 with the tables analysed, and PostgreSQL at 68-75 % of a core against 50 %.
+plans throughout (README, design note "Planner statistics of a young database", has the figures).
 
 So each service looks every few seconds for tables of its database whose statistics lag far
 behind them, and analyses them: a table of at least MIN_ROWS rows that has changed, since it was
