@@ -86,8 +86,8 @@ class ServiceSettings(BaseSettings):
     # wakes it at once; this bounds the wait for one scheduled elsewhere).
     timer_max_idle_seconds: float = Field(default=5.0, gt=0)
     # How often a service looks for tables whose planner statistics lag far behind them
-    # (opsledger.statistics); 0: never.
-    statistics_check_seconds: float = Field(default=5.0, ge=0)
+    # (opsledger.statistics); 0: never. A look is one read of the statistics views (under a ms).
+    statistics_check_seconds: float = Field(default=1.0, ge=0)
     # Inbox rows (ids of events applied) are kept this long to recognise redeliveries, then purged.
     inbox_retention_days: int = Field(default=30, ge=1)
 

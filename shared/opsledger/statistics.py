@@ -8,7 +8,7 @@ the statistics that end it at its own pace: a minute or more after the load bega
 that hit a fresh deployment (or a benchmark run right after `make up`) has been served by those
 plans throughout (README, design note "Planner statistics of a young database", has the figures).
 
-So each service looks every few seconds for tables of its database whose statistics lag far
+So each service looks every second for tables of its database whose statistics lag far
 behind them, and analyses them: a table of at least MIN_ROWS rows that has changed, since it was
 last analysed, by as many rows as it then held (never analysed; doubled since). That is about a
 dozen analyses of a table on its way to a million rows; past its youth autovacuum's own threshold
