@@ -48,13 +48,23 @@ async def analyze_lagging(engine: AsyncEngine) -> list[str]:
 
 
 async def keep_statistics(engine: AsyncEngine, stop: asyncio.Event, every_seconds: float) -> None:
-    """Analyse lagging tables every `every_seconds` until `stop` is set; a failure waits for the
-    next round (the database may be down: the service's other loops report that)."""
+    """Analyse lagging tables every `every_seconds` until `stop` is set. A failure waits for the
+    next round and is reported once, when the looks start failing, and once more when they work
+    again: during a database outage the service's other loops report it (a warning a second from
+    here too only buried theirs)."""
+    failing = False
     while not stop.is_set():
         try:
-            if analysed := await analyze_lagging(engine):
-                log.info("statistics taken anew for %s", ", ".join(analysed))
+            analysed = await analyze_lagging(engine)
         except Exception as exc:
-            log.warning("could not look for tables with lagging statistics: %s", exc)
+            if not failing:
+                log.warning("could not look for tables with lagging statistics (again once it can): %s", exc)
+            failing = True
+        else:
+            if failing:
+                log.info("looking for tables with lagging statistics again")
+            failing = False
+            if analysed:
+                log.info("statistics taken anew for %s", ", ".join(analysed))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every_seconds)

@@ -4,16 +4,19 @@ cached while it was empty stops reading it whole."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 import pytest
 
+from opsledger import statistics
 from opsledger.db import make_engine
 from opsledger.settings import ServiceSettings
-from opsledger.statistics import MIN_ROWS, analyze_lagging
-from opsledger.testing import eventually
+from opsledger.statistics import MIN_ROWS, analyze_lagging, keep_statistics
+from opsledger.testing import TestInfra, eventually
 
 pytestmark = pytest.mark.integration
 # Out of autovacuum's reach: an analysis of its own between two steps would change what they see.
@@ -80,3 +83,49 @@ async def test_a_generic_plan_made_on_an_empty_table_is_replaced_once_it_is_anal
     finally:
         await conn.close()
         await engine.dispose()
+
+
+async def test_a_database_out_of_reach_is_reported_once_and_its_return_once(
+    infra: TestInfra,
+    make_database: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The keeper looks every few milliseconds here at a database that does not exist yet: a warning
+    for its first failed look, nothing for the many after it, one line once it can look again."""
+    looks: list[bool] = []
+
+    async def counted(engine: Any) -> list[str]:
+        try:
+            tables = await analyze_lagging(engine)
+        except Exception:
+            looks.append(False)
+            raise
+        looks.append(True)
+        return tables
+
+    monkeypatch.setattr(statistics, "analyze_lagging", counted)
+    name = infra.unique("db_later_")
+    engine = make_engine(ServiceSettings(database_url=infra.database_url(name)))
+    stop = asyncio.Event()
+    caplog.set_level(logging.INFO, logger=statistics.__name__)
+    keeper = asyncio.create_task(keep_statistics(engine, stop, every_seconds=0.01))
+    try:
+
+        async def failed_looks() -> bool:
+            return looks.count(False) >= 5
+
+        await eventually(failed_looks, what="five failed looks")
+        await make_database(name)
+
+        async def looked_again() -> bool:
+            return bool(looks) and looks[-1]
+
+        await eventually(looked_again, what="a look at the database once it exists")
+    finally:
+        stop.set()
+        await keeper
+        await engine.dispose()
+    reports = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == statistics.__name__]
+    assert [level for level, _ in reports] == [logging.WARNING, logging.INFO], reports
+    assert "again" in reports[1][1]
