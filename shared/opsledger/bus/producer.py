@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
+from murmurhash2 import murmurhash2
 
 from opsledger.bus.topics import MAX_DEAD_LETTER_BYTES, TOPIC_HEADROOM_BYTES
 from opsledger.settings import ServiceSettings
@@ -14,6 +16,21 @@ from opsledger.settings import ServiceSettings
 # The record header naming the event's type, so a consumer can skip the types it does not want
 # without parsing the envelope (the envelope's `event_type` stays the authority).
 EVENT_TYPE_HEADER = "event_type"
+
+
+# Kafka's murmur2 seed (org.apache.kafka.common.utils.Utils.murmur2).
+_MURMUR2_SEED = 0x9747B28C
+
+
+def kafka_partition(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+    """The partition Kafka's default partitioner picks for `key` (the Java client's and
+    aiokafka's: murmur2 of the key, sign bit cleared, modulo the partition count), so one
+    incident's events land on the same partition whichever client wrote them, and before and
+    after an upgrade. The same hash in native code: aiokafka's pure-Python murmur2 cost about
+    9 µs an event, as much as encoding the event (0.3 µs here)."""
+    if key is None:
+        return random.choice(available or all_partitions)
+    return all_partitions[(murmurhash2(key, _MURMUR2_SEED) & 0x7FFFFFFF) % len(all_partitions)]
 
 
 def make_producer(settings: ServiceSettings) -> AIOKafkaProducer:
@@ -30,6 +47,7 @@ def make_producer(settings: ServiceSettings) -> AIOKafkaProducer:
         # broker refuses leaves the idempotent producer's sequence for that partition broken.
         max_request_size=MAX_DEAD_LETTER_BYTES + TOPIC_HEADROOM_BYTES,
         request_timeout_ms=30000,
+        partitioner=kafka_partition,
     )
 
 
